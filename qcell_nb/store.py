@@ -1,0 +1,203 @@
+"""Structure collections and the labelled dataset, both as ASE databases.
+
+A stage's structures and the dataset are ASE databases (SQLite by default; a
+``postgresql://`` URL works through the same code). ``atoms.info`` metadata is
+kept: scalars become key-value pairs (searchable), everything else goes into
+the row's ``data``. Every row carries ``sid``, the :func:`structure_id`.
+
+The failure table is a JSON-lines file beside the database: one line per
+failed item with its id, name, stage and error text, so failures never mix
+with dataset rows and never stop a stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import ase.db
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from .structures import charge_of, multiplicity_of, structure_id
+
+# ASE reserves these names for its own columns; info keys of the same name
+# are stored under a prefixed key and restored on read.
+_RESERVED = {"id", "unique_id", "ctime", "mtime", "user", "calculator", "energy",
+             "natoms", "fmax", "smax", "volume", "mass", "charge", "magmom",
+             "forces", "stress", "dipole", "charges", "magmoms", "numbers",
+             "positions", "cell", "pbc"}
+_PREFIX = "info_"
+_CALC_RESULT_NAMES = ("energy", "forces", "dipole", "charges", "stress", "free_energy")
+
+
+def _connect(path: str | os.PathLike, append: bool = True):
+    target = str(path)
+    if "://" not in target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    return ase.db.connect(target, type="db" if "://" not in target else "extract_from_name",
+                          append=append)
+
+
+def _split_info(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``atoms.info`` into (key_value_pairs, data) that ASE db accepts."""
+    pairs, data = {}, {}
+    for key, value in info.items():
+        stored_key = _PREFIX + key if key in _RESERVED else key
+        if isinstance(value, (bool, np.bool_)):
+            pairs[stored_key] = bool(value)
+        elif isinstance(value, (int, np.integer)):
+            pairs[stored_key] = int(value)
+        elif isinstance(value, (float, np.floating)):
+            pairs[stored_key] = float(value)
+        elif isinstance(value, str) and stored_key.isidentifier():
+            pairs[stored_key] = value
+        else:
+            data[stored_key] = value
+    return pairs, data
+
+
+def _restore_info(pairs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    info = {}
+    for key, value in list(pairs.items()) + list(data.items()):
+        if key.startswith(_PREFIX) and key[len(_PREFIX):] in _RESERVED:
+            key = key[len(_PREFIX):]
+        info[key] = value
+    return info
+
+
+def _row_to_atoms(row) -> Atoms:
+    atoms = row.toatoms()
+    info = _restore_info(dict(row.key_value_pairs), dict(row.data))
+    info.pop("sid", None)
+    atoms.info.update(info)
+    if row.get("calculator") is not None or row.get("energy") is not None:
+        results = {name: row.get(name) for name in _CALC_RESULT_NAMES if row.get(name) is not None}
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def write_structures(path: str | os.PathLike, structures: Iterable[Atoms]) -> int:
+    """Write structures to a fresh ASE database at ``path``; returns the count.
+
+    An existing file is replaced, so a stage's output is exactly what it
+    produced this time. Rows are written to a temporary file first and moved
+    into place, so a crash leaves either the old or the new collection.
+    """
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    count = 0
+    db = _connect(tmp)
+    with db:
+        for atoms in structures:
+            pairs, data = _split_info(atoms.info)
+            pairs["sid"] = structure_id(atoms)
+            clean = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+            db.write(clean, key_value_pairs=pairs, data=data)
+            count += 1
+    os.replace(tmp, path)
+    return count
+
+
+def read_structures(path: str | os.PathLike, **selection) -> list[Atoms]:
+    """Read every structure (optionally filtered by key=value) from ``path``."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"structure collection {path} does not exist; run the previous stage first")
+    db = _connect(path)
+    return [_row_to_atoms(row) for row in db.select(**selection)]
+
+
+class Dataset:
+    """The labelled dataset: one row per structure, keyed by ``sid``.
+
+    Only the driver writes (workers return results). Each :meth:`add` commits
+    at once, so an interrupted stage keeps every row it wrote, and
+    :meth:`done_ids` tells a resumed stage what is left.
+
+    Parameters
+    ----------
+    path:
+        Database file (``.db``) or a ``postgresql://`` URL.
+    failures_path:
+        JSON-lines failure table; defaults to ``<path stem>.failures.jsonl``.
+    """
+
+    def __init__(self, path: str | os.PathLike, failures_path: str | os.PathLike | None = None):
+        self.path = str(path)
+        self.db = _connect(path)
+        if failures_path is None:
+            base = Path(self.path) if "://" not in self.path else Path("dataset.db")
+            failures_path = base.with_suffix(".failures.jsonl")
+        self.failures_path = Path(failures_path)
+
+    def __len__(self) -> int:
+        return self.db.count()
+
+    def done_ids(self) -> set[str]:
+        """Structure ids already in the dataset."""
+        return {row.sid for row in self.db.select(columns=["key_value_pairs"], include_data=False)}
+
+    def add(self, atoms: Atoms, results: dict[str, Any], key_value_pairs: dict[str, Any] | None = None,
+            data: dict[str, Any] | None = None, sid: str | None = None) -> int:
+        """Write one labelled structure; skip it if its ``sid`` is present.
+
+        ``results`` holds the calculator properties (energy in eV, forces in
+        eV/Å, dipole in e·Å, charges in e); extra arrays go in ``data``.
+        Returns the row id (existing or new).
+        """
+        sid = sid or structure_id(atoms)
+        for row in self.db.select(sid=sid):
+            return row.id
+        pairs, info_data = _split_info(atoms.info)
+        pairs.update(key_value_pairs or {})
+        pairs["sid"] = sid
+        pairs.setdefault("total_charge", charge_of(atoms))
+        pairs.setdefault("multiplicity", multiplicity_of(atoms))
+        info_data.update(data or {})
+        clean = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        known = {k: np.asarray(v) if k != "energy" else float(v) for k, v in results.items()
+                 if k in _CALC_RESULT_NAMES}
+        clean.calc = SinglePointCalculator(clean, **known)
+        row_id = self.db.write(clean, key_value_pairs=pairs, data=info_data)
+        self.clear_failure(sid)
+        return row_id
+
+    def rows(self, **selection) -> Iterator:
+        return self.db.select(**selection)
+
+    def structures(self, **selection) -> list[Atoms]:
+        """Labelled structures as Atoms with a single-point calculator attached."""
+        return [_row_to_atoms(row) for row in self.db.select(**selection)]
+
+    # --- failures -------------------------------------------------------
+    def record_failure(self, sid: str, name: str, stage: str, error: str) -> None:
+        """Append a failed item (its id, name, stage and error text)."""
+        self.failures_path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"sid": sid, "name": name, "stage": stage, "error": error, "time": time.time()}
+        with open(self.failures_path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Current failures, the latest entry per structure id, minus those since labelled."""
+        if not self.failures_path.exists():
+            return []
+        latest: dict[str, dict[str, Any]] = {}
+        for line in self.failures_path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                latest[entry["sid"]] = entry
+        return [entry for entry in latest.values() if not entry.get("resolved")]
+
+    def clear_failure(self, sid: str) -> None:
+        """Mark an earlier failure of ``sid`` resolved (it was since computed)."""
+        if self.failures_path.exists() and sid in {f["sid"] for f in self.failures()}:
+            with open(self.failures_path, "a") as handle:
+                handle.write(json.dumps({"sid": sid, "resolved": True, "time": time.time()}) + "\n")

@@ -1,0 +1,64 @@
+"""Conventions for structures passed between stages.
+
+Every structure is an :class:`ase.Atoms`. Metadata travels in ``atoms.info``
+under these keys (all optional except where a stage says otherwise):
+
+``name``          block name, e.g. ``"beta-D-glucopyranose"``
+``subset``        QCell class: ``carbohydrates``, ``nucleic_acids``, ``lipids``,
+                  ``ions_water``, ``dimers``
+``smiles``        isomeric SMILES of the block (atom order of an RDKit
+                  ``AddHs`` molecule built from it equals the atom order here)
+``charge``        total charge in e (int)
+``multiplicity``  spin multiplicity 2S+1 (int)
+``conformer``     conformer index within its block (int)
+``parent_id``     structure id of the structure this one was derived from
+``frame``         frame index along an optimisation path (int)
+
+A structure's identity is :func:`structure_id`: a hash of atomic numbers,
+positions rounded to 1e-4 Å, charge and multiplicity. It keys resume and
+de-duplication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from ase import Atoms
+
+SUBSETS = ("carbohydrates", "nucleic_acids", "lipids", "ions_water", "dimers")
+
+#: Positions are rounded to this many decimals (Å) before hashing.
+POSITION_DECIMALS = 4
+
+
+def charge_of(atoms: Atoms) -> int:
+    """Total charge in e from ``atoms.info['charge']`` (default 0)."""
+    return int(atoms.info.get("charge", 0))
+
+
+def multiplicity_of(atoms: Atoms) -> int:
+    """Spin multiplicity from ``atoms.info['multiplicity']``.
+
+    Defaults to 1 for an even electron count and 2 for an odd one.
+    """
+    if "multiplicity" in atoms.info:
+        return int(atoms.info["multiplicity"])
+    n_electrons = int(atoms.get_atomic_numbers().sum()) - charge_of(atoms)
+    return 1 if n_electrons % 2 == 0 else 2
+
+
+def structure_id(atoms: Atoms) -> str:
+    """Identity of a structure: 16 hex digits of a SHA-1 hash.
+
+    Hashes atomic numbers, positions rounded to ``POSITION_DECIMALS`` decimals
+    in Å, charge and multiplicity. Rounding makes the id stable against
+    float noise from a round trip through a file; ``+ 0.0`` folds ``-0.0``.
+    """
+    numbers = np.asarray(atoms.get_atomic_numbers(), dtype=np.int64)
+    positions = np.round(np.asarray(atoms.get_positions(), dtype=np.float64), POSITION_DECIMALS) + 0.0
+    digest = hashlib.sha1()
+    digest.update(numbers.tobytes())
+    digest.update(positions.tobytes())
+    digest.update(f"{charge_of(atoms)}/{multiplicity_of(atoms)}".encode())
+    return digest.hexdigest()[:16]
