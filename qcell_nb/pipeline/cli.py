@@ -1,0 +1,74 @@
+"""Command line: ``qcell-nb run``, ``qcell-nb status``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .parameters import PROFILES, ParameterError, parse_overrides
+from .runner import run_pipeline, run_status
+from .stages import runs_root
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        overrides = parse_overrides(args.set or [])
+        outcomes = run_pipeline(profile=args.profile, run=args.run, stages=args.stages, overrides=overrides,
+                                seed=args.seed, force=args.force, runs_dir=args.runs_dir,
+                                notebooks_dir=args.notebooks, log_output=args.verbose)
+    except (ParameterError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"qcell-nb: error: {exc}", file=sys.stderr)
+        return 2
+    failed = [o for o in outcomes if o.action == "failed"]
+    total = sum(o.seconds for o in outcomes)
+    print(f"{len(outcomes) - len(failed)}/{len(outcomes)} stages done in {total:.1f} s"
+          + (f"; failed: {', '.join(o.stage for o in failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    if not run_dir.exists():
+        run_dir = Path(args.runs_dir or runs_root()) / args.run
+    if not run_dir.exists():
+        print(f"qcell-nb: error: no run {args.run!r} (looked in {run_dir})", file=sys.stderr)
+        return 2
+    print(f"run {run_dir}")
+    print(f"{'stage':<20} {'status':<10} {'seconds':>8}  counts")
+    for row in run_status(run_dir):
+        seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
+        counts = ", ".join(f"{k}={v}" for k, v in row["counts"].items())
+        print(f"{row['stage']:<20} {row['status']:<10} {seconds:>8}  {counts}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qcell-nb", description="Run and inspect the QCell notebook pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline (skips stages that are up to date)")
+    run.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    run.add_argument("--run", help="run name (default: the profile name); results in runs/<run>/")
+    run.add_argument("--stages", nargs="+", help="only these stages, e.g. 04 05 or 05_reference")
+    run.add_argument("--set", action="append", metavar="[STAGE.]NAME=VALUE",
+                     help="override a notebook parameter, e.g. --set 05.basis=def2-svp or --set seed=1")
+    run.add_argument("--seed", type=int, default=0, help="run seed (all randomness derives from it)")
+    run.add_argument("--force", action="store_true", help="re-run the chosen stages even if up to date")
+    run.add_argument("--runs-dir", help="where runs live (default ./runs or $QCELL_NB_RUNS)")
+    run.add_argument("--notebooks", help="notebook directory (default: the repository's notebooks/)")
+    run.add_argument("-v", "--verbose", action="store_true", help="stream notebook output")
+    run.set_defaults(func=_cmd_run)
+    status = sub.add_parser("status", help="each stage's state, counts and time")
+    status.add_argument("run", help="run name or path")
+    status.add_argument("--runs-dir")
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

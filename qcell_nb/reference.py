@@ -1,0 +1,64 @@
+"""Stage 05: reference labels for every structure, written to the dataset as they arrive.
+
+Resumable by construction: structures whose id is already in the dataset are
+not submitted again, and each result is committed to the dataset the moment
+the driver receives it, so an interrupted stage loses at most the items in
+flight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from .compute import MapSummary, map_items
+from .store import Dataset
+from .structures import structure_id
+
+#: Results stored as the row's calculator properties; the rest go in ``data``.
+CALCULATOR_KEYS = ("energy", "forces", "dipole", "charges")
+#: Scalars stored as searchable key-value pairs.
+SCALAR_KEYS = ("pbe0_energy", "mbd_energy", "scf_iterations", "wall_time_s")
+
+
+def _label_one(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
+    from .calculators.pbe0 import label_structure
+
+    return label_structure(atoms, **calc_params)
+
+
+def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05_reference",
+                  executor: str = "local", n_workers: int | None = None, retries: int = 1,
+                  progress: bool = True, **calc_params: Any) -> MapSummary:
+    """Label the structures not yet in ``dataset``; record failures in its failure table.
+
+    ``calc_params`` go to :func:`qcell_nb.calculators.pbe0.label_structure`
+    (basis, mbd variant, grid level, ...).
+    """
+    by_id = {structure_id(atoms): atoms for atoms in structures}
+    done = dataset.done_ids()
+    todo = [sid for sid in by_id if sid not in done]
+    print(f"{len(by_id)} structures: {len(by_id) - len(todo)} already labelled, {len(todo)} to compute", flush=True)
+
+    def store(sid: str, result: dict[str, Any]) -> None:
+        atoms = by_id[sid]
+        for key in ("energy", "forces"):
+            if not np.all(np.isfinite(result[key])):
+                dataset.record_failure(sid, atoms.info.get("name", ""), stage, f"non-finite {key} in result")
+                return
+        results = {k: result[k] for k in CALCULATOR_KEYS if k in result}
+        pairs = {k: result[k] for k in SCALAR_KEYS if k in result}
+        pairs["level_of_theory"] = result["level_of_theory"]
+        pairs["stage"] = stage
+        data = {k: np.asarray(v) for k, v in result.items()
+                if k not in CALCULATOR_KEYS and k not in SCALAR_KEYS and k != "level_of_theory"}
+        dataset.add(atoms, results, key_value_pairs=pairs, data=data, sid=sid)
+
+    def fail(sid: str, error: str) -> None:
+        dataset.record_failure(sid, by_id[sid].info.get("name", ""), stage, error)
+
+    return map_items(_label_one, [by_id[sid] for sid in todo], todo, on_result=store, on_failure=fail,
+                     executor=executor, n_workers=n_workers, retries=retries, progress=progress,
+                     description="PBE0+MBD labels", **calc_params)
