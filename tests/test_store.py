@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from qcell_nb.store import Dataset, read_structures, write_structures
+from qcell_nb.structures import multiplicity_of, structure_id
+
+
+def water(**info):
+    atoms = molecule("H2O")
+    atoms.info.update(name="water", subset="ions_water", **info)
+    return atoms
+
+
+def test_structure_id_is_stable_under_float_noise_and_sensitive_to_charge():
+    a = water()
+    b = a.copy()
+    b.positions += 1e-7
+    assert structure_id(a) == structure_id(b)
+    c = a.copy()
+    c.info["charge"] = 1
+    assert structure_id(c) != structure_id(a)
+    d = a.copy()
+    d.positions[0, 0] += 0.01
+    assert structure_id(d) != structure_id(a)
+
+
+def test_default_multiplicity_follows_electron_count():
+    assert multiplicity_of(water()) == 1
+    assert multiplicity_of(water(charge=1)) == 2
+
+
+def test_structures_round_trip_keeps_info_including_reserved_names(tmp_path):
+    atoms = water(charge=0, conformer=3, weights=[1.0, 2.0])
+    assert write_structures(tmp_path / "s.db", [atoms, water()]) == 2
+    back = read_structures(tmp_path / "s.db")
+    assert len(back) == 2
+    assert back[0].info["charge"] == 0 and back[0].info["conformer"] == 3
+    assert back[0].info["weights"] == [1.0, 2.0]
+    assert np.allclose(back[0].positions, atoms.positions)
+    assert structure_id(back[0]) == structure_id(atoms)
+
+
+def test_read_structures_names_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.db"):
+        read_structures(tmp_path / "missing.db")
+
+
+def test_dataset_adds_once_and_tracks_failures(tmp_path):
+    dataset = Dataset(tmp_path / "dataset.db")
+    atoms = water()
+    sid = structure_id(atoms)
+    dataset.record_failure(sid, "water", "05_reference", "SCF did not converge")
+    assert [f["sid"] for f in dataset.failures()] == [sid]
+    forces = np.arange(9.0).reshape(3, 3)
+    dataset.add(atoms, {"energy": -2000.0, "forces": forces, "dipole": np.zeros(3)},
+                key_value_pairs={"level_of_theory": "test"}, data={"hirsh_ratios": np.ones(3)})
+    dataset.add(atoms, {"energy": -1.0, "forces": forces})
+    assert len(dataset) == 1
+    assert dataset.done_ids() == {sid}
+    assert dataset.failures() == []  # labelled since: no longer a failure
+    (row,) = dataset.rows()
+    assert row.energy == -2000.0 and row.level_of_theory == "test"
+    assert np.allclose(row.data["hirsh_ratios"], 1.0)
+    back = dataset.structures()[0]
+    assert np.allclose(back.get_forces(), forces)
