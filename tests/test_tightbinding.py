@@ -1,0 +1,124 @@
+"""GFN2-xTB through tblite: single points, optimisation frames, clear failures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
+
+from qcell_nb.blocks import build_monosaccharide
+from qcell_nb.calculators import tightbinding
+from qcell_nb.calculators.tightbinding import optimise, single_point_energy
+from qcell_nb.structures import structure_id
+
+pytest.importorskip("tblite")
+
+
+def named(formula: str, name: str) -> Atoms:
+    atoms = molecule(formula)
+    atoms.info.update(name=name, charge=0, multiplicity=1)
+    return atoms
+
+
+def test_water_relaxes_to_a_plausible_geometry():
+    water = named("H2O", "water")
+    start = water.positions.copy()
+    frames = optimise(water, fmax=0.01, steps=100)
+    assert len(frames) == 1
+    final = frames[-1]
+    assert final.info["converged"] is True
+    assert final.info["xtb_fmax"] < 0.01
+    # GFN2-xTB water: r(O-H) ~0.96 Å, angle a few degrees above experiment's 104.5°.
+    for hydrogen in (1, 2):
+        assert 0.95 < final.get_distance(0, hydrogen) < 0.975
+    assert 100.0 < final.get_angle(1, 0, 2) < 110.0
+    np.testing.assert_array_equal(water.positions, start)  # input untouched
+    assert water.calc is None
+
+
+def test_frames_along_the_path():
+    methanol = named("CH3OH", "methanol")
+    methanol.positions[0] += [0.15, 0.0, 0.0]  # stretch C-O so the path has several steps
+    parent = structure_id(methanol)
+    frames = optimise(methanol, keep_frames=3)
+    indices = [frame.info["frame"] for frame in frames]
+    assert len(frames) == 3 and indices[0] == 0 and indices == sorted(indices)
+    assert len(set(indices)) == 3
+    energies = [frame.info["xtb_energy"] for frame in frames]
+    assert np.all(np.isfinite(energies)) and energies[-1] == min(energies)
+    assert energies[0] == pytest.approx(single_point_energy(methanol), abs=1e-6)
+    for frame in frames:
+        assert frame.info["name"] == "methanol"
+        assert frame.info["parent_id"] == parent
+        assert frame.info["converged"] is True
+    np.testing.assert_allclose(frames[0].positions, methanol.positions)
+    # keep_frames=1 gives only the relaxed structure, the same as the last frame above.
+    (only,) = optimise(methanol, keep_frames=1)
+    np.testing.assert_allclose(only.positions, frames[-1].positions)
+    assert only.info["frame"] == frames[-1].info["frame"]
+
+
+def test_unconverged_run_is_flagged():
+    water = named("H2O", "water")
+    water.positions[1] += [0.3, 0.0, 0.0]
+    frames = optimise(water, fmax=1e-4, steps=1, keep_frames=5)
+    assert frames[-1].info["converged"] is False
+    assert [frame.info["frame"] for frame in frames] == [0, 1]
+
+
+def test_glucose_relaxes():
+    glucose = build_monosaccharide("beta-D-glucopyranose")
+    (final,) = optimise(glucose, fmax=0.05, steps=300)
+    assert final.info["converged"] is True
+    assert final.info["xtb_energy"] < single_point_energy(glucose)
+    assert final.info["smiles"] == glucose.info["smiles"]
+
+
+def test_charge_and_multiplicity_from_info():
+    hydroxyl = Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]], info={"name": "hydroxyl radical"})
+    assert np.isfinite(single_point_energy(hydroxyl))  # odd electron count: doublet by default
+    hydroxide = hydroxyl.copy()
+    hydroxide.info.update(name="hydroxide", charge=-1, multiplicity=1)
+    assert single_point_energy(hydroxide) != pytest.approx(single_point_energy(hydroxyl))
+
+
+def test_impossible_spin_names_the_structure():
+    water = named("H2O", "water")
+    water.info["multiplicity"] = 2
+    with pytest.raises(RuntimeError, match="water"):
+        single_point_energy(water)
+
+
+def test_scf_failure_names_the_structure():
+    with pytest.raises(RuntimeError, match="stubborn water.*SCF"):
+        optimise(named("H2O", "stubborn water"), max_iterations=1)
+
+
+def test_overlapping_atoms_are_rejected():
+    bad = Atoms("OHH", positions=[[0, 0, 0], [0, 0, 0.1], [0, 0.9, 0]], info={"name": "crushed"})
+    with pytest.raises(ValueError, match="crushed"):
+        single_point_energy(bad)
+
+
+class _NaNCalculator(Calculator):
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = {"energy": float("nan"), "forces": np.zeros((len(self.atoms), 3))}
+
+
+def test_non_finite_energy_names_the_structure(monkeypatch):
+    monkeypatch.setattr(tightbinding, "gfn2_calculator", lambda atoms, **kw: _NaNCalculator())
+    with pytest.raises(RuntimeError, match="non-finite.*'nan water'"):
+        optimise(named("H2O", "nan water"))
+
+
+def test_bad_arguments():
+    water = named("H2O", "water")
+    with pytest.raises(ValueError, match="keep_frames"):
+        optimise(water, keep_frames=0)
+    with pytest.raises(ValueError, match="fmax"):
+        optimise(water, fmax=0)
