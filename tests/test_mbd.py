@@ -1,0 +1,148 @@
+"""MBD@rsSCS and TS in JAX: agreement with pymbd, forces, physical behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.data import chemical_symbols
+from ase.units import Bohr, Hartree
+
+from qcell_nb.calculators import mbd
+
+# beta-D-glucopyranose (RDKit ETKDG + MMFF, seed 7), Å
+GLUCOSE = [
+    ("O", 2.8812, -2.0221, -0.0686), ("C", 2.1630, -0.9728, 0.5905), ("C", 1.1198, -0.3630, -0.3602),
+    ("O", 0.0803, -1.3256, -0.6652), ("C", -1.1120, -1.1763, 0.0996), ("O", -0.8411, -1.3178, 1.4849),
+    ("C", -1.7915, 0.1786, -0.1987), ("O", -2.6839, 0.0815, -1.3197), ("C", -0.7551, 1.2715, -0.5101),
+    ("O", -1.2443, 2.5572, -0.0829), ("C", 0.5714, 0.9705, 0.1868), ("O", 1.4954, 2.0387, -0.0467),
+    ("H", 3.2865, -2.5695, 0.6266), ("H", 1.6842, -1.4097, 1.4703), ("H", 2.8947, -0.2233, 0.9067),
+    ("H", 1.6251, -0.1763, -1.3184), ("H", -1.7713, -2.0026, -0.1960), ("H", -1.7123, -1.5248, 1.9196),
+    ("H", -2.4089, 0.4807, 0.6563), ("H", -2.1797, -0.3300, -2.0504), ("H", -0.5907, 1.3696, -1.5908),
+    ("H", -2.1037, 2.6793, -0.5298), ("H", 0.4180, 0.9271, 1.2707), ("H", 0.9751, 2.8592, 0.0797),
+]
+
+WATER = np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
+WATER_RATIOS = np.array([0.94, 0.53, 0.53])  # PBE0/def2-SVP Hirshfeld ratios, rounded
+
+
+def water_dimer(separation: float = 2.9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two waters, O...O = ``separation`` Å along x (second one rotated), Å."""
+    second = WATER[:, [2, 1, 0]] * np.array([1.0, 1.0, 1.0]) + np.array([separation, 0.0, 0.3])
+    positions = np.vstack([WATER, second])
+    return positions, np.array([8, 1, 1, 8, 1, 1]), np.tile(WATER_RATIOS, 2)
+
+
+def glucose() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    numbers = np.array([chemical_symbols.index(row[0]) for row in GLUCOSE])
+    positions = np.array([row[1:] for row in GLUCOSE])
+    rng = np.random.default_rng(0)
+    ratios = np.where(numbers == 1, 0.6, 0.85) + 0.05 * rng.random(len(numbers))
+    return positions, numbers, ratios
+
+
+SYSTEMS = {"water_dimer": water_dimer, "glucose": glucose}
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("beta", [0.85, 0.83])
+def test_rsscs_energy_matches_pymbd(system: str, beta: float) -> None:
+    pymbd = pytest.importorskip(
+        "pymbd", reason="pymbd (libMBD's Python package) not installed; the reference comparison is skipped"
+    )
+    positions, numbers, ratios = SYSTEMS[system]()
+    species = [chemical_symbols[z] for z in numbers]
+    reference = pymbd.mbd_energy_species(positions / Bohr, species, ratios, beta) * Hartree
+    ours = mbd.mbd_energy(positions, numbers, ratios, variant="rsscs", beta=beta)
+    assert ours == pytest.approx(reference, abs=1e-6)
+
+
+def test_free_atom_table_matches_libmbd() -> None:
+    pymbd = pytest.importorskip("pymbd", reason="pymbd not installed; table cross-check skipped")
+    from pymbd.pymbd import vdw_params
+
+    for symbol, (alpha0, c6, r_vdw) in mbd.FREE_ATOM_PARAMS.items():
+        row = vdw_params[symbol]
+        assert (alpha0, c6, r_vdw) == pytest.approx((row["alpha_0(TS)"], row["C6(TS)"], row["R_vdw(TS)"]))
+    assert pymbd is not None
+
+
+@pytest.mark.parametrize("variant", ["rsscs", "ts"])
+def test_forces_match_finite_differences(variant: str) -> None:
+    positions, numbers, ratios = water_dimer(2.9)
+    energy, forces = mbd.mbd_energy_and_forces(positions, numbers, ratios, variant=variant)
+    assert energy == pytest.approx(mbd.mbd_energy(positions, numbers, ratios, variant=variant), abs=1e-10)
+    step = 1e-4  # Å; central differences, error ~ step^2
+    fd = np.zeros_like(forces)
+    for i in range(len(numbers)):
+        for k in range(3):
+            shifted = positions.copy()
+            shifted[i, k] += step
+            e_plus = mbd.mbd_energy(shifted, numbers, ratios, variant=variant)
+            shifted[i, k] -= 2 * step
+            e_minus = mbd.mbd_energy(shifted, numbers, ratios, variant=variant)
+            fd[i, k] = -(e_plus - e_minus) / (2 * step)
+    np.testing.assert_allclose(forces, fd, atol=1e-5)
+    np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-10)  # translation invariance
+
+
+def test_dimer_interaction_negative_and_decaying() -> None:
+    mono = mbd.mbd_energy(WATER, [8, 1, 1], WATER_RATIOS)
+    interactions = []
+    for separation in (2.9, 4.0, 6.0, 12.0):
+        positions, numbers, ratios = water_dimer(separation)
+        interactions.append(mbd.mbd_energy(positions, numbers, ratios) - 2 * mono)
+    interactions = np.array(interactions)
+    assert np.all(interactions < 0)
+    assert np.all(np.diff(np.abs(interactions)) < 0)
+    # long range: E ~ -C6/R^6, so doubling 6 -> 12 Å divides it by ~64
+    assert interactions[2] / interactions[3] == pytest.approx(64, rel=0.15)
+    # total (intra + inter) energy of a molecule is negative too
+    assert mono < 0
+
+
+def test_ts_two_atoms_closed_form() -> None:
+    # Two carbons: E = -f(R) C6 / R^6 with the TS Fermi damping (d=20, s_R=0.96).
+    r_ang = 3.5
+    ratios = np.array([0.9, 0.9])
+    energy = mbd.mbd_energy([[0, 0, 0], [0, 0, r_ang]], [6, 6], ratios, variant="ts")
+    alpha0, c6, r0 = mbd.FREE_ATOM_PARAMS["C"]
+    c6_eff = c6 * 0.9**2
+    r_vdw = r0 * 0.9 ** (1 / 3)
+    r = r_ang / Bohr
+    damping = 1 / (1 + np.exp(-20 * (r / (0.96 * 2 * r_vdw) - 1)))
+    assert energy == pytest.approx(-damping * c6_eff / r**6 * Hartree, rel=1e-10)
+
+
+def test_default_damping_is_libmbd_pbe0() -> None:
+    assert mbd.default_damping("rsscs", "PBE0") == 0.85
+    assert mbd.default_damping("ts", "pbe0") == 0.96
+    with pytest.raises(ValueError, match="m06"):
+        mbd.default_damping("rsscs", "m06")
+
+
+def test_frequency_grid_integrates_casimir_polder() -> None:
+    # int_0^inf du a0^2 / (1 + (u/w)^2)^2 = pi a0^2 w / 4, i.e. C6 = 3/4 a0^2 w
+    freq, weights = mbd.frequency_grid()
+    assert freq[0] == 0.0 and weights[0] == 0.0
+    omega = 0.4
+    c6 = 3 / np.pi * np.sum(weights / (1 + (freq / omega) ** 2) ** 2)
+    assert c6 == pytest.approx(0.75 * omega, rel=1e-5)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="Og"):
+        mbd.mbd_energy([[0, 0, 0], [0, 0, 3]], [118, 1], [1.0, 1.0])
+    with pytest.raises(ValueError, match="variant"):
+        mbd.mbd_energy(WATER, [8, 1, 1], WATER_RATIOS, variant="mbd-nl")
+    with pytest.raises(ValueError, match="positive"):
+        mbd.mbd_energy(WATER, [8, 1, 1], [0.9, -0.1, 0.5])
+    assert mbd.mbd_energy_and_forces([[0, 0, 0]], [8], [1.0])[0] == 0.0
+
+
+def test_x64_does_not_leak() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    mbd.mbd_energy(WATER, [8, 1, 1], WATER_RATIOS)
+    if not jax.config.jax_enable_x64:  # unless someone enabled it globally
+        assert jnp.zeros(1).dtype == jnp.float32
