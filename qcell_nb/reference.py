@@ -37,6 +37,14 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
     ``calc_params`` go to :func:`qcell_nb.calculators.pbe0.label_structure`
     (basis, mbd variant, grid level, ...).
     """
+    from .calculators.pbe0 import level_of_theory
+
+    dataset.update_metadata(
+        level_of_theory=level_of_theory(**calc_params), calculator_parameters=calc_params,
+        units={"energy": "eV", "forces": "eV/Å", "dipole": "e·Å", "charges": "e (Hirshfeld)"},
+        mbd_forces="analytic (JAX autodiff) at fixed Hirshfeld volume ratios: the dependence of the "
+                   "ratios on positions is neglected (about 2e-4 eV/Å for water)",
+        dipole_origin="coordinate origin")
     by_id = {structure_id(atoms): atoms for atoms in structures}
     done = dataset.done_ids()
     todo = [sid for sid in by_id if sid not in done]

@@ -170,6 +170,14 @@ class Dataset:
         self.clear_failure(sid)
         return row_id
 
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Dataset-wide metadata (level of theory, units, approximations)."""
+        return dict(self.db.metadata)
+
+    def update_metadata(self, **entries: Any) -> None:
+        self.db.metadata = {**self.db.metadata, **entries}
+
     def rows(self, **selection) -> Iterator:
         return self.db.select(**selection)
 

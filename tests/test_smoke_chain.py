@@ -105,6 +105,8 @@ def test_a_rerun_does_no_work(smoke_run):
 
 def test_dataset_labels_are_physical(smoke_run):
     dataset = Dataset(smoke_run["run_dir"] / "05_reference" / "dataset.db")
+    assert "fixed Hirshfeld" in dataset.metadata["mbd_forces"]
+    assert dataset.metadata["level_of_theory"].startswith("PBE0+MBD@rsSCS/")
     rows = list(dataset.rows())
     assert {row.subset for row in rows} == {"carbohydrates"}
     for row in rows:

@@ -64,3 +64,10 @@ def test_dataset_adds_once_and_tracks_failures(tmp_path):
     assert np.allclose(row.data["hirsh_ratios"], 1.0)
     back = dataset.structures()[0]
     assert np.allclose(back.get_forces(), forces)
+
+
+def test_dataset_metadata_persists(tmp_path):
+    Dataset(tmp_path / "d.db").update_metadata(level_of_theory="PBE0+MBD", units={"energy": "eV"})
+    reopened = Dataset(tmp_path / "d.db")
+    reopened.update_metadata(extra=1)
+    assert reopened.metadata == {"level_of_theory": "PBE0+MBD", "units": {"energy": "eV"}, "extra": 1}
