@@ -19,8 +19,6 @@ from .structures import structure_id
 
 #: Results stored as the row's calculator properties; the rest go in ``data``.
 CALCULATOR_KEYS = ("energy", "forces", "dipole", "charges")
-#: Scalars stored as searchable key-value pairs.
-SCALAR_KEYS = ("pbe0_energy", "mbd_energy", "scf_iterations", "wall_time_s")
 
 
 def _label_one(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
@@ -57,11 +55,12 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
                 dataset.record_failure(sid, atoms.info.get("name", ""), stage, f"non-finite {key} in result")
                 return
         results = {k: result[k] for k in CALCULATOR_KEYS if k in result}
-        pairs = {k: result[k] for k in SCALAR_KEYS if k in result}
-        pairs["level_of_theory"] = result["level_of_theory"]
+        extra = {k: v for k, v in result.items() if k not in CALCULATOR_KEYS}
+        # Scalars and strings (level of theory, auxiliary basis) become searchable key-value
+        # pairs; arrays (Hirshfeld ratios, ...) go in the row's data.
+        pairs = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, np.number))}
         pairs["stage"] = stage
-        data = {k: np.asarray(v) for k, v in result.items()
-                if k not in CALCULATOR_KEYS and k not in SCALAR_KEYS and k != "level_of_theory"}
+        data = {k: np.asarray(v) for k, v in extra.items() if k not in pairs}
         dataset.add(atoms, results, key_value_pairs=pairs, data=data, sid=sid)
 
     def fail(sid: str, error: str) -> None:
