@@ -197,7 +197,7 @@ def train(
     scale_from: str = "forces",
     epochs: int = 100,
     batch_size: int = 8,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 5e-3,
     final_learning_rate: float | None = None,
     gradient_clip: float = 1.0,
     energy_weight: float = 1.0,
