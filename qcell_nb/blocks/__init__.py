@@ -1,19 +1,6 @@
 """Building blocks of the QCell subsets (stage 01)."""
 
-from .carbohydrates import (
-    MONOSACCHARIDES,
-    build_library,
-    build_monosaccharide,
-    canonical_smiles,
-    mol_with_hydrogens,
-    molecule_from_smiles,
-)
+from . import carbohydrates
+from .carbohydrates import *  # noqa: F403 - the public names are carbohydrates.__all__
 
-__all__ = [
-    "MONOSACCHARIDES",
-    "build_library",
-    "build_monosaccharide",
-    "canonical_smiles",
-    "mol_with_hydrogens",
-    "molecule_from_smiles",
-]
+__all__ = list(carbohydrates.__all__)

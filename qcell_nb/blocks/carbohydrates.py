@@ -70,6 +70,14 @@ MONOSACCHARIDES: dict[str, str] = {
 }
 
 
+def _parse(smiles: str) -> Chem.Mol:
+    """RDKit molecule of ``smiles``; ValueError naming it if RDKit cannot parse it."""
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"unparsable SMILES {smiles!r}")
+    return mol
+
+
 def canonical_smiles(smiles: str) -> str:
     """RDKit canonical isomeric SMILES of ``smiles`` (no explicit H atoms).
 
@@ -78,10 +86,7 @@ def canonical_smiles(smiles: str) -> str:
     ValueError
         If RDKit cannot parse ``smiles``.
     """
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise ValueError(f"unparsable SMILES {smiles!r}")
-    return Chem.MolToSmiles(mol, isomericSmiles=True)
+    return Chem.MolToSmiles(_parse(smiles), isomericSmiles=True)
 
 
 def mol_with_hydrogens(smiles: str) -> Chem.Mol:
@@ -92,10 +97,7 @@ def mol_with_hydrogens(smiles: str) -> Chem.Mol:
     ValueError
         If RDKit cannot parse ``smiles``.
     """
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise ValueError(f"unparsable SMILES {smiles!r}")
-    return Chem.AddHs(mol)
+    return Chem.AddHs(_parse(smiles))
 
 
 def _embed(mol: Chem.Mol, label: str, seed: int) -> None:
