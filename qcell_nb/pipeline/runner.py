@@ -89,7 +89,8 @@ def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks
     stage_directory.mkdir(parents=True, exist_ok=True)
     manifest = {
         "stage": stage.name, "title": stage.title, "notebook": stage.notebook,
-        "status": "running", "fingerprint": fp, "parameters": injected,
+        # Every parameter in effect (notebook defaults plus what was injected), for provenance.
+        "status": "running", "fingerprint": fp, "parameters": {**declared, **injected},
         "input_digests": inputs, "packages": mf.package_versions(),
         "python": sys.version.split()[0], "started": mf.now(), "attempts": (previous or {}).get("attempts", 0) + 1
         if action == "resumed" else 1,
