@@ -137,6 +137,9 @@ class Dataset:
             base = Path(self.path) if "://" not in self.path else Path("dataset.db")
             failures_path = base.with_suffix(".failures.jsonl")
         self.failures_path = Path(failures_path)
+        # Ids with an unresolved failure, read from the file once: add() consults it for every
+        # row, and re-reading the file each time would make labelling quadratic in its length.
+        self._failed_ids = {f["sid"] for f in self.failures()}
 
     def __len__(self) -> int:
         return self.db.count()
@@ -192,6 +195,7 @@ class Dataset:
         entry = {"sid": sid, "name": name, "stage": stage, "error": error, "time": time.time()}
         with open(self.failures_path, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
+        self._failed_ids.add(sid)
 
     def failures(self) -> list[dict[str, Any]]:
         """Current failures, the latest entry per structure id, minus those since labelled."""
@@ -206,6 +210,7 @@ class Dataset:
 
     def clear_failure(self, sid: str) -> None:
         """Mark an earlier failure of ``sid`` resolved (it was since computed)."""
-        if self.failures_path.exists() and sid in {f["sid"] for f in self.failures()}:
+        if sid in self._failed_ids:
             with open(self.failures_path, "a") as handle:
                 handle.write(json.dumps({"sid": sid, "resolved": True, "time": time.time()}) + "\n")
+            self._failed_ids.discard(sid)
