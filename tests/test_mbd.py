@@ -21,6 +21,47 @@ GLUCOSE = [
     ("H", -2.1037, 2.6793, -0.5298), ("H", 0.4180, 0.9271, 1.2707), ("H", 0.9751, 2.8592, 0.0797),
 ]
 
+# Watson-Crick G-C pair: 9-methylguanine + 1-methylcytosine (RDKit ETKDG + MMFF, seed 1, each
+# base put in the xy plane), cytosine placed rigidly in plane so that O6...N4 = 2.91, N1...N3 = 2.95
+# and N2...O2 = 2.86 Å (typical Watson-Crick H-bond lengths). Å; guanine first (19 atoms).
+GC_PAIR = [
+    ("C", -2.6396, 1.7872, 0.0120),
+    ("N", -1.8852, 0.5624, 0.0008),
+    ("C", -2.3961, -0.7092, -0.0054),
+    ("N", -1.4457, -1.6233, -0.0099),
+    ("C", -0.2793, -0.8995, -0.0051),
+    ("C", -0.5254, 0.4552, -0.0019),
+    ("N", 0.3675, 1.4737, 0.0025),
+    ("C", 1.6084, 1.0671, -0.0004),
+    ("N", 2.6176, 1.9746, -0.0011),
+    ("N", 1.9851, -0.2611, -0.0121),
+    ("C", 1.1008, -1.3320, 0.0012),
+    ("O", 1.4918, -2.4951, 0.0193),
+    ("H", -3.7085, 1.5591, 0.0133),
+    ("H", -2.3804, 2.3478, 0.9138),
+    ("H", -2.3855, 2.3610, -0.8828),
+    ("H", -3.4594, -0.9128, -0.0053),
+    ("H", 3.4333, 1.7368, -0.5499),
+    ("H", 2.2787, 2.9113, -0.2002),
+    ("H", 2.9576, -0.5108, 0.0407),
+    ("C", 7.8296, 0.1631, 0.0011),
+    ("N", 6.8570, -0.9162, 0.0262),
+    ("C", 7.3019, -2.2167, -0.0056),
+    ("C", 6.4444, -3.2349, -0.0189),
+    ("C", 5.0148, -2.8689, -0.0023),
+    ("N", 4.0652, -3.8536, 0.0077),
+    ("N", 4.5902, -1.6452, 0.0088),
+    ("C", 5.4919, -0.6062, 0.0023),
+    ("O", 5.1030, 0.5597, -0.0194),
+    ("H", 8.2054, 0.2700, -1.0212),
+    ("H", 8.6602, -0.0708, 0.6750),
+    ("H", 7.3881, 1.1129, 0.3155),
+    ("H", 8.3750, -2.3787, -0.0237),
+    ("H", 6.7436, -4.2715, -0.0546),
+    ("H", 4.2868, -4.6934, 0.5273),
+    ("H", 3.1469, -3.4819, 0.2344),
+]
+
 WATER = np.array([[0.0, 0.0, 0.1173], [0.0, 0.7572, -0.4692], [0.0, -0.7572, -0.4692]])
 WATER_RATIOS = np.array([0.94, 0.53, 0.53])  # PBE0/def2-SVP Hirshfeld ratios, rounded
 
@@ -40,7 +81,15 @@ def glucose() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return positions, numbers, ratios
 
 
-SYSTEMS = {"water_dimer": water_dimer, "glucose": glucose}
+def gc_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    numbers = np.array([chemical_symbols.index(row[0]) for row in GC_PAIR])
+    positions = np.array([row[1:] for row in GC_PAIR])
+    rng = np.random.default_rng(1)
+    ratios = np.where(numbers == 1, 0.55, 0.8) + 0.1 * rng.random(len(numbers))
+    return positions, numbers, ratios
+
+
+SYSTEMS = {"water_dimer": water_dimer, "glucose": glucose, "gc_pair": gc_pair}
 
 
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
