@@ -1,0 +1,57 @@
+"""Figures and views of the validation stage: parity plots and an interactive 3D structure view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+
+def parity_plot(ref_energies, pred_energies, ref_forces, pred_forces, n_atoms, path=None, title: str = ""):
+    """Energy-per-atom and force-component parity plots; saved to ``path`` if given."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(9, 4))
+    n_atoms = np.asarray(n_atoms)
+    e_ref = np.asarray(ref_energies) / n_atoms
+    e_pred = np.asarray(pred_energies) / n_atoms
+    offset = e_ref.mean()
+    ax_e.scatter(e_ref - offset, e_pred - offset, s=12)
+    ax_e.set_xlabel("reference energy per atom - mean (eV)")
+    ax_e.set_ylabel("predicted (eV)")
+    f_ref = np.concatenate([np.ravel(f) for f in ref_forces])
+    f_pred = np.concatenate([np.ravel(f) for f in pred_forces])
+    ax_f.scatter(f_ref, f_pred, s=4, alpha=0.6)
+    ax_f.set_xlabel("reference force component (eV/Å)")
+    ax_f.set_ylabel("predicted (eV/Å)")
+    for ax in (ax_e, ax_f):
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def view_structure(atoms: Atoms) -> Any:
+    """An interactive 3D view: nglview where its widget works, py3Dmol otherwise."""
+    try:
+        import nglview
+
+        return nglview.show_ase(atoms)
+    except Exception as exc:  # noqa: BLE001 - any widget failure falls back to py3Dmol
+        print(f"nglview unavailable ({type(exc).__name__}: {exc}); using py3Dmol")
+    import io
+
+    import py3Dmol
+    from ase.io import write
+
+    buffer = io.StringIO()
+    write(buffer, atoms, format="xyz")
+    view = py3Dmol.view(width=420, height=320)
+    view.addModel(buffer.getvalue(), "xyz")
+    view.setStyle({"stick": {}})
+    view.zoomTo()
+    return view

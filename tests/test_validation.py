@@ -1,0 +1,68 @@
+"""Validation helpers on constructed cases with known answers."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.lj import LennardJones
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.cluster import Icosahedron
+
+from qcell_nb.validation import errors_by_subset
+from qcell_nb.validation.data_checks import flag_outliers, minimum_distance, relative_energies
+from qcell_nb.validation.dynamics import energy_drift, run_md
+
+
+def _labelled(atoms, energy, forces, subset):
+    atoms = atoms.copy()
+    atoms.info["subset"] = subset
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    return atoms
+
+
+def test_outlier_filters_flag_close_atoms_and_large_forces():
+    water = molecule("H2O")
+    good = _labelled(water, -10.0, np.zeros((3, 3)), "dimers")
+    squashed = water.copy()
+    squashed.positions[1] = squashed.positions[0] + [0.1, 0, 0]
+    close = _labelled(squashed, -10.0, np.zeros((3, 3)), "dimers")
+    hot = _labelled(water, -10.0, np.array([[30.0, 0, 0], [0, 0, 0], [-30.0, 0, 0]]), "dimers")
+    flagged = flag_outliers([good, close, hot])
+    assert [row["index"] for row in flagged] == [1, 2]
+    assert "0.100 Å apart" in flagged[0]["reason"] and "30.0 eV/Å" in flagged[1]["reason"]
+
+
+def test_minimum_distance_of_a_water_dimer():
+    dimer = molecule("H2O") + molecule("H2O")
+    dimer.positions[3:] += [2.9, 0, 0]
+    assert minimum_distance(dimer) == pytest.approx(min(dimer.get_distance(0, 1), 2.9 - 0.7633 * 2), abs=1e-3)
+
+
+def test_relative_energies_remove_the_composition():
+    # Energies that are exactly additive per element leave zero residual.
+    structures = [_labelled(molecule(name), e, np.zeros((len(molecule(name)), 3)), "dimers")
+                  for name, e in (("H2O", -2 * 1.0 - 5.0), ("CH4", -4 * 1.0 - 7.0), ("CH3OH", -4 - 7.0 - 5.0))]
+    assert np.allclose(relative_energies(structures), 0.0, atol=1e-10)
+
+
+def test_errors_by_subset_group_and_compare_with_the_paper():
+    structures = [_labelled(molecule("H2O"), -1.0, np.zeros((3, 3)), "ions_water"),
+                  _labelled(molecule("CH4"), -2.0, np.zeros((5, 3)), "carbohydrates")]
+    predicted_forces = [np.full((3, 3), 0.1), np.full((5, 3), 0.2)]
+    rows = {row["subset"]: row for row in errors_by_subset(structures, np.array([-1.0, -2.0]), predicted_forces,
+                                                           n_train={"ions_water": 5, "carbohydrates": 7})}
+    assert rows["ions_water"]["force_mae_eV_A"] == pytest.approx(0.1)
+    assert rows["carbohydrates"]["force_mae_kcal_mol_A"] == pytest.approx(0.2 / 0.0433641, rel=1e-4)
+    assert rows["carbohydrates"]["paper_force_mae_kcal_mol_A"] == 0.5
+    assert rows["all"]["n_train"] == 12 and rows["all"]["n_test"] == 2
+
+
+def test_nve_conserves_energy_and_a_huge_timestep_is_caught():
+    cluster = Icosahedron("Ar", noshells=2)
+    calculator = LennardJones(sigma=3.4, epsilon=0.0104, rc=10.0, smooth=True)
+    stable = run_md(cluster, calculator, steps=400, interval=20, timestep=2.0, temperature=30.0, seed=1)
+    assert stable.stable and len(stable.time) == 21
+    assert abs(energy_drift(stable)) < 0.05  # meV/atom/ps
+    unstable = run_md(cluster, LennardJones(sigma=3.4, epsilon=0.0104, rc=10.0, smooth=True), steps=400,
+                      interval=5, timestep=200.0, temperature=3000.0, seed=1)
+    assert not unstable.stable and "ps" in unstable.reason
