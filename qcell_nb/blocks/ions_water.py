@@ -1,0 +1,400 @@
+"""Ions in water: single ions, their MD in a water box, and ion-water clusters (stages 01-03).
+
+Stage 01 builds the bare ions (:func:`build_ions`), stage 02 samples each ion in a periodic
+water box with OpenMM (:func:`sample_ion_boxes`), stage 03 carves clusters of the ion and its
+``n`` nearest whole waters out of the frames (:func:`carve_clusters`). The radial distribution
+functions of the MM trajectories are checked against experimental first-shell distances
+(:func:`ion_water_rdfs`, :func:`compare_first_peaks`, :func:`plot_rdfs`).
+
+Water and ion model
+-------------------
+QCell sampled ions in water with MB-pol water and AMBER ions. MB-pol is not available to us
+(it needs the MBX plugin, which is neither on PyPI nor in OpenMM), so this module uses the
+best matched pair that OpenMM 8.6 ships: the four-site OPC water model with the Li/Merz 12-6
+ion parameters fitted *for OPC* (``amber14/opc.xml``: Na+, K+, Cl- from the hydration-free-
+energy (HFE) set of Sengupta et al., JCIM 61, 869 (2021); Mg2+ and Ca2+ from the compromise
+(CM) set of Li et al., JCTC 16, 4429 (2020)). OPC reproduces the liquid's structure and
+dielectric constant far better than TIP3P; ion parameters fitted for another water model
+(Joung-Cheatham for TIP3P/TIP4P-Ew) would be mismatched. A plain 12-6 Lennard-Jones ion has
+no ion-induced polarisation, so a divalent ion cannot get both its hydration free energy and
+its ion-oxygen distance right at once; the CM set trades one against the other (the 12-6-4
+model that fixes this is not shipped with OpenMM). The measured first-peak positions of
+this setup against experiment are in the module's tests and in the project notes.
+
+Clusters are carved under the minimum-image convention from frames written with molecules
+kept whole, so every water in a cluster is intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.geometry import find_mic
+from openmm import app, unit
+
+from ..md import MDSettings, Trajectory, first_peak, frames_to_atoms, rdf, simulate, solvate
+from ..structures import structure_id
+
+__all__ = [
+    "ION_NAMES",
+    "ION_WATER_FORCEFIELD",
+    "Ion",
+    "build_ion",
+    "build_ions",
+    "carve_clusters",
+    "compare_first_peaks",
+    "ion_water_rdfs",
+    "load_rdf_reference",
+    "plot_rdfs",
+    "sample_ion_boxes",
+]
+
+
+@dataclass(frozen=True)
+class Ion:
+    """A monatomic ion: its element, charge (e), SMILES and OpenMM residue/atom name."""
+
+    name: str
+    element: str
+    charge: int
+    smiles: str
+    residue: str
+
+
+#: The ions of the subset, keyed by their conventional names.
+IONS: dict[str, Ion] = {
+    "Na+": Ion("Na+", "Na", 1, "[Na+]", "NA"),
+    "K+": Ion("K+", "K", 1, "[K+]", "K"),
+    "Cl-": Ion("Cl-", "Cl", -1, "[Cl-]", "CL"),
+    "Mg2+": Ion("Mg2+", "Mg", 2, "[Mg+2]", "MG"),
+    "Ca2+": Ion("Ca2+", "Ca", 2, "[Ca+2]", "CA"),
+}
+ION_NAMES: tuple[str, ...] = tuple(IONS)
+
+#: OpenMM force field file of the water model and its matched Li/Merz 12-6 ions.
+ION_WATER_FORCEFIELD = "amber14/opc.xml"
+#: ``Modeller.addSolvent`` model whose pre-equilibrated box is used for OPC (both four-site).
+_SOLVENT_BOX_MODEL = "tip4pew"
+#: Å, OpenMM's PME direct-space cutoff; the box edge must be at least twice this.
+NONBONDED_CUTOFF = 9.0
+_WATER_RESIDUES = ("HOH", "WAT")
+
+
+def _ion(name: str) -> Ion:
+    if name not in IONS:
+        raise ValueError(f"unknown ion {name!r}; known ions: {', '.join(ION_NAMES)}")
+    return IONS[name]
+
+
+def build_ion(name: str) -> Atoms:
+    """A single ion at the origin (stage 01).
+
+    Returns:
+        One-atom :class:`ase.Atoms` with info name, subset ``"ions_water"``, smiles, charge (e),
+        multiplicity 1 (all ions here are closed-shell).
+
+    Raises:
+        ValueError: if ``name`` is not one of :data:`ION_NAMES`.
+    """
+    ion = _ion(name)
+    atoms = Atoms(ion.element, positions=[[0.0, 0.0, 0.0]])
+    atoms.info.update(name=ion.name, subset="ions_water", smiles=ion.smiles, charge=ion.charge, multiplicity=1)
+    return atoms
+
+
+def build_ions(names: Iterable[str] | None = None, seed: int = 0) -> list[Atoms]:
+    """Stage 01: the bare ions ``names`` (all of :data:`ION_NAMES` by default), in that order.
+
+    ``seed`` is accepted for the common stage-01 signature; a single atom has nothing random.
+    Every name is checked before anything is built.
+    """
+    del seed
+    selected = list(ION_NAMES) if names is None else list(names)
+    for name in selected:
+        _ion(name)
+    return [build_ion(name) for name in selected]
+
+
+def _strip_virtual_sites(trajectory: Trajectory) -> Trajectory:
+    """The trajectory without massless virtual sites (OPC's M site), which have no element."""
+    keep = np.array([atom.element is not None for atom in trajectory.topology.atoms()])
+    modeller = app.Modeller(trajectory.topology, trajectory.positions[0][:, :] * unit.angstrom)
+    modeller.delete([atom for atom in trajectory.topology.atoms() if atom.element is None])
+    return Trajectory(topology=modeller.topology, positions=trajectory.positions[:, keep],
+                      cells=trajectory.cells, potential_energy=trajectory.potential_energy, time=trajectory.time)
+
+
+def sample_ion_boxes(ions: Sequence[Atoms], box_size: float = 20.0, settings: MDSettings | None = None,
+                     seed: int = 0) -> list[Atoms]:
+    """Stage 02: MD of each ion alone in a cubic OPC water box; one :class:`ase.Atoms` per saved frame.
+
+    The box is not neutralised: one ion with PME's uniform neutralising background keeps the
+    first shells free of counter-ions, which is what the clusters should contain.
+
+    Args:
+        ions: stage-01 ions (``info['name']`` one of :data:`ION_NAMES`).
+        box_size: cubic box edge in Å; at least ``2 * NONBONDED_CUTOFF`` (18 Å). A cluster of
+            ``n`` waters needs the ``n``-th nearest oxygen within half the edge (about 9.5 Å for
+            100 waters, so 20 Å is the least for 100 waters and 24 Å leaves margin).
+        settings: the MD protocol (default :class:`MDSettings`); its seed is replaced by
+            ``seed + index of the ion`` so each ion's run is reproducible on its own.
+        seed: base seed.
+
+    Returns:
+        Frames with ``pbc=True`` and the cell, atoms ion first then waters (O, H, H each; no
+        virtual sites), info: name, subset, charge, multiplicity, water_model, ion_model,
+        parent_id (the stage-01 ion), frame, time_ps, mm_energy (eV) and the per-atom topology
+        arrays of :func:`qcell_nb.md.frames_to_atoms` (``residue_index`` identifies the waters).
+    """
+    if box_size < 2 * NONBONDED_CUTOFF:
+        raise ValueError(f"box_size={box_size} Å: must be at least twice the {NONBONDED_CUTOFF} Å cutoff")
+    settings = settings or MDSettings()
+    forcefield = app.ForceField(ION_WATER_FORCEFIELD)
+    frames: list[Atoms] = []
+    for index, block in enumerate(ions):
+        ion = _ion(str(block.info.get("name")))
+        topology = app.Topology()
+        residue = topology.addResidue(ion.residue, topology.addChain())
+        topology.addAtom(ion.residue, app.Element.getBySymbol(ion.element), residue)
+        solvated, positions = solvate(topology, np.zeros((1, 3)), forcefield, (box_size,) * 3,
+                                      neutralize=False, water_model=_SOLVENT_BOX_MODEL)
+        system = forcefield.createSystem(solvated, nonbondedMethod=app.PME,
+                                         nonbondedCutoff=NONBONDED_CUTOFF / 10.0 * unit.nanometer,
+                                         constraints=app.HBonds, rigidWater=True)
+        trajectory = simulate(solvated, system, positions, replace(settings, seed=seed + index), name=ion.name)
+        info = {"name": ion.name, "subset": "ions_water", "charge": ion.charge, "multiplicity": 1,
+                "water_model": "OPC", "ion_model": "Li/Merz 12-6 (OPC)", "parent_id": structure_id(block)}
+        frames.extend(frames_to_atoms(_strip_virtual_sites(trajectory), info))
+    return frames
+
+
+def _ion_index(frame: Atoms) -> int:
+    """Index of the single non-water atom of a frame."""
+    candidates = np.flatnonzero(~np.isin(frame.get_chemical_symbols(), ("O", "H")))
+    if len(candidates) != 1:
+        raise ValueError(f"frame {frame.info.get('name', frame.get_chemical_formula())!r} has "
+                         f"{len(candidates)} non-water atoms; an ion-water frame has exactly one ion")
+    return int(candidates[0])
+
+
+def _water_molecules(frame: Atoms, ion_index: int) -> list[np.ndarray]:
+    """Atom indices (O first, then the two H) of every water in the frame.
+
+    Waters are the residues of ``info['residue_index']`` when present; otherwise each H is
+    assigned to its nearest O under the minimum image.
+    """
+    symbols = np.array(frame.get_chemical_symbols())
+    oxygens = np.flatnonzero(symbols == "O")
+    if "residue_index" in frame.info:
+        residues = np.asarray(frame.info["residue_index"])
+        groups = []
+        for oxygen in oxygens:
+            members = np.flatnonzero(residues == residues[oxygen])
+            hydrogens = members[symbols[members] == "H"]
+            groups.append(np.concatenate([[oxygen], hydrogens]))
+    else:
+        hydrogens = np.flatnonzero(symbols == "H")
+        vectors = frame.positions[hydrogens][:, None, :] - frame.positions[oxygens][None, :, :]
+        _, lengths = find_mic(vectors.reshape(-1, 3), frame.cell, frame.pbc)
+        owner = np.argmin(lengths.reshape(len(hydrogens), len(oxygens)), axis=1)
+        groups = [np.concatenate([[oxygen], hydrogens[owner == k]]) for k, oxygen in enumerate(oxygens)]
+    for group in groups:
+        if len(group) != 3:
+            raise ValueError(f"frame {frame.info.get('name', '')!r}: water at atom {group[0]} has "
+                             f"{len(group) - 1} hydrogens, expected 2")
+    return groups
+
+
+def carve_cluster(frame: Atoms, n_waters: int) -> Atoms:
+    """The ion and its ``n_waters`` nearest whole waters (by ion-O distance, minimum image).
+
+    Each water is placed at its image nearest the ion and kept whole (H atoms at their minimum
+    image from their O); the cluster is re-centred on its centre of mass and has no cell.
+
+    Returns:
+        :class:`ase.Atoms` ion first, then waters in order of distance (O, H, H); info: name
+        ``"<ion>(H2O)<n>"``, subset, ion, n_waters, charge (the ion's), multiplicity 1,
+        parent_id (the frame's structure id), frame, shell_radius (Å, the farthest O).
+
+    Raises:
+        ValueError: if the frame has fewer waters than asked, or the ``n``-th water lies beyond
+            half the shortest box width, where the minimum image no longer gives the true
+            neighbourhood.
+    """
+    ion_index = _ion_index(frame)
+    waters = _water_molecules(frame, ion_index)
+    if not 1 <= n_waters <= len(waters):
+        raise ValueError(f"n_waters={n_waters}: frame {frame.info.get('name', '')!r} has {len(waters)} waters")
+    centre = frame.positions[ion_index]
+    oxygens = np.array([group[0] for group in waters])
+    to_oxygen, distance = find_mic(frame.positions[oxygens] - centre, frame.cell, frame.pbc)
+    order = np.argsort(distance, kind="stable")[:n_waters]
+    half_width = 0.5 * min(frame.cell.volume / np.linalg.norm(np.cross(frame.cell[i - 1], frame.cell[i - 2]))
+                           for i in range(3))
+    if distance[order[-1]] >= half_width:
+        raise ValueError(f"n_waters={n_waters}: the farthest water of {frame.info.get('name', '')!r} is "
+                         f"{distance[order[-1]]:.2f} Å from the ion, beyond half the box width "
+                         f"({half_width:.2f} Å); sample a larger box")
+    numbers = [frame.numbers[ion_index]]
+    positions = [np.zeros(3)]
+    for k in order:
+        group = waters[k]
+        oxygen_position = to_oxygen[k]
+        to_hydrogens, _ = find_mic(frame.positions[group[1:]] - frame.positions[group[0]], frame.cell, frame.pbc)
+        numbers.extend(frame.numbers[group])
+        positions.extend([oxygen_position, *(oxygen_position + to_hydrogens)])
+    cluster = Atoms(numbers=numbers, positions=np.asarray(positions))
+    cluster.positions -= cluster.get_center_of_mass()
+    ion_name = str(frame.info.get("name", frame.get_chemical_symbols()[ion_index]))
+    cluster.info.update(
+        name=f"{ion_name}(H2O){n_waters}", subset="ions_water", ion=ion_name, n_waters=int(n_waters),
+        charge=int(frame.info.get("charge", 0)), multiplicity=1, parent_id=structure_id(frame),
+        shell_radius=float(distance[order[-1]]),
+    )
+    if "frame" in frame.info:
+        cluster.info["frame"] = int(frame.info["frame"])
+    return cluster
+
+
+def carve_clusters(frames: Sequence[Atoms], n_waters: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 100),
+                   max_per_frame: int | None = None, seed: int = 0) -> list[Atoms]:
+    """Stage 03: ion-water clusters from every frame.
+
+    Args:
+        frames: stage-02 frames (one ion plus waters, periodic).
+        n_waters: cluster sizes (number of waters); QCell spans 1 to 100.
+        max_per_frame: when set, each frame gives this many sizes drawn without replacement
+            from ``n_waters`` (seeded), so that long trajectories do not yield every size from
+            every frame; ``None`` carves every size from every frame.
+        seed: seeds the draw of sizes.
+
+    Returns:
+        Clusters frame by frame, sizes ascending within a frame (see :func:`carve_cluster`).
+    """
+    sizes = sorted({int(n) for n in n_waters})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"n_waters={tuple(n_waters)!r}: need positive water counts")
+    if max_per_frame is not None and max_per_frame < 1:
+        raise ValueError(f"max_per_frame={max_per_frame!r}: must be at least 1")
+    rng = np.random.default_rng(seed)
+    clusters = []
+    for frame in frames:
+        chosen = sizes
+        if max_per_frame is not None and max_per_frame < len(sizes):
+            chosen = sorted(rng.choice(sizes, size=max_per_frame, replace=False).tolist())
+        clusters.extend(carve_cluster(frame, n) for n in chosen)
+    return clusters
+
+
+# --- radial distribution functions -----------------------------------------------------------
+
+def ion_water_rdfs(frames: Sequence[Atoms], r_max: float | None = None,
+                   n_bins: int | None = None) -> dict[str, dict[str, Any]]:
+    """Ion-O and O-O g(r) of the stage-02 frames, grouped by ion.
+
+    Args:
+        frames: periodic ion-water frames (several ions may be mixed; each ion's frames are
+            averaged together, O-O over all frames).
+        r_max: Å; default half the shortest box edge, at most 8 Å.
+        n_bins: default 0.05 Å bins.
+
+    Returns:
+        ``{"Na-O": {"r": (n_bins,) Å, "g": (n_bins,), "r_peak": Å, "n_frames": int}, ...,
+        "O-O": {...}}``.
+    """
+    if not frames:
+        raise ValueError("ion_water_rdfs needs at least one frame")
+    cells = np.array([frame.cell.array for frame in frames])
+    shortest = float(np.linalg.norm(cells, axis=2).min())
+    r_max = min(8.0, shortest / 2) if r_max is None else r_max
+    n_bins = int(round(r_max / 0.05)) if n_bins is None else n_bins
+    by_ion: dict[str, list[Atoms]] = {}
+    for frame in frames:
+        by_ion.setdefault(frame.get_chemical_symbols()[_ion_index(frame)], []).append(frame)
+    result: dict[str, dict[str, Any]] = {}
+    for element, group in by_ion.items():
+        result[f"{element}-O"] = _rdf_entry(group, "ion", r_max, n_bins)
+    result["O-O"] = _rdf_entry(frames, "O", r_max, n_bins)
+    return result
+
+
+def _rdf_entry(frames: Sequence[Atoms], centre: str, r_max: float, n_bins: int) -> dict[str, Any]:
+    sizes = {len(frame) for frame in frames}
+    if len(sizes) == 1:
+        positions = np.array([frame.positions for frame in frames])
+        cells = np.array([frame.cell.array for frame in frames])
+        batches = [(positions, cells, frames[0])]
+    else:  # frames of different boxes: average per frame, weighted equally
+        batches = [(frame.positions[None], frame.cell.array[None], frame) for frame in frames]
+    g_sum = 0.0
+    for positions, cells, reference in batches:
+        oxygens = np.flatnonzero(np.array(reference.get_chemical_symbols()) == "O")
+        centres = [_ion_index(reference)] if centre == "ion" else oxygens
+        r, g = rdf(positions, cells, centres, oxygens, r_max=r_max, n_bins=n_bins)
+        g_sum = g_sum + g * len(positions)
+    g = g_sum / len(frames)
+    return {"r": r, "g": g, "r_peak": first_peak(r, g), "n_frames": len(frames)}
+
+
+def load_rdf_reference(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Experimental first-peak positions: ``{"Na-O": {"r_peak": Å, "source": ...}, ...}``.
+
+    The file is a JSON object whose entries named ``"<X>-O"`` carry at least ``r_peak`` (Å);
+    other top-level keys (a description) are skipped.
+    """
+    data = json.loads(Path(path).read_text())
+    reference = {key: value for key, value in data.items() if isinstance(value, dict) and "r_peak" in value}
+    if not reference:
+        raise ValueError(f"{path}: no entry with an 'r_peak' value")
+    return reference
+
+
+def compare_first_peaks(rdfs: dict[str, dict[str, Any]],
+                        reference: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Model vs experimental first-peak positions for every pair present in both (Å).
+
+    Returns ``{"Na-O": {"model": Å, "experiment": Å, "difference": model - experiment}, ...}``.
+    """
+    return {pair: {"model": float(entry["r_peak"]), "experiment": float(reference[pair]["r_peak"]),
+                   "difference": float(entry["r_peak"]) - float(reference[pair]["r_peak"])}
+            for pair, entry in rdfs.items() if pair in reference}
+
+
+def plot_rdfs(frames: Sequence[Atoms], reference_path: str | os.PathLike | None = None,
+              path: str | os.PathLike | None = None, rdfs: dict[str, dict[str, Any]] | None = None):
+    """One panel per pair: g(r) of the MM frames with the experimental first peak as a dashed line.
+
+    Pass ``rdfs`` (from :func:`ion_water_rdfs`) to avoid recomputing them. Saves to ``path`` when
+    given; returns the matplotlib figure.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rdfs = ion_water_rdfs(frames) if rdfs is None else rdfs
+    reference = load_rdf_reference(reference_path) if reference_path is not None else {}
+    pairs = list(rdfs)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.0), squeeze=False)
+    for axis, pair in zip(axes[0], pairs):
+        entry = rdfs[pair]
+        axis.plot(entry["r"], entry["g"], label=f"OPC/Li-Merz: {entry['r_peak']:.2f} Å")
+        if pair in reference:
+            axis.axvline(reference[pair]["r_peak"], color="k", linestyle="--",
+                         label=f"experiment: {reference[pair]['r_peak']:.2f} Å")
+        axis.set_title(pair)
+        axis.set_xlabel("r (Å)")
+        axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("g(r)")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
