@@ -66,3 +66,20 @@ def test_nve_conserves_energy_and_a_huge_timestep_is_caught():
     unstable = run_md(cluster, LennardJones(sigma=3.4, epsilon=0.0104, rc=10.0, smooth=True), steps=400,
                       interval=5, timestep=200.0, temperature=3000.0, seed=1)
     assert not unstable.stable and "ps" in unstable.reason
+
+
+def test_report_tables_come_from_the_run_directory(tmp_path):
+    import json
+
+    from qcell_nb.validation.report import write_report
+
+    with pytest.raises(FileNotFoundError, match="no stage has run"):
+        write_report(tmp_path)
+    stage = tmp_path / "07_validation"
+    stage.mkdir()
+    (stage / "manifest.json").write_text(json.dumps({"status": "complete", "seconds": 3.2, "counts": {"test": 2}}))
+    (stage / "metrics.json").write_text(json.dumps({"per_subset": [{"subset": "dimers", "force_mae_eV_A": 0.123}]}))
+    text = write_report(tmp_path).read_text()
+    assert "| 07_validation | complete | 3.2 |" in text
+    assert "| dimers | 0.123 |" in text and "| 01_building_blocks | not run |" in text
+    assert f"--stages 07_validation --force" in text
