@@ -134,8 +134,7 @@ class Dataset:
         self.path = str(path)
         self.db = _connect(path)
         if failures_path is None:
-            base = Path(self.path) if "://" not in self.path else Path("dataset.db")
-            failures_path = base.with_suffix(".failures.jsonl")
+            failures_path = failures_path_of(self.path if "://" not in self.path else "dataset.db")
         self.failures_path = Path(failures_path)
         # Ids with an unresolved failure, read from the file once: add() consults it for every
         # row, and re-reading the file each time would make labelling quadratic in its length.
@@ -198,19 +197,64 @@ class Dataset:
         self._failed_ids.add(sid)
 
     def failures(self) -> list[dict[str, Any]]:
-        """Current failures, the latest entry per structure id, minus those since labelled."""
-        if not self.failures_path.exists():
-            return []
-        latest: dict[str, dict[str, Any]] = {}
-        for line in self.failures_path.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                latest[entry["sid"]] = entry
-        return [entry for entry in latest.values() if not entry.get("resolved")]
+        """Current failures, the latest entry per structure id, minus those since labelled or cleared."""
+        return read_failures(self.failures_path)
 
     def clear_failure(self, sid: str) -> None:
         """Mark an earlier failure of ``sid`` resolved (it was since computed)."""
         if sid in self._failed_ids:
-            with open(self.failures_path, "a") as handle:
-                handle.write(json.dumps({"sid": sid, "resolved": True, "time": time.time()}) + "\n")
+            _append_resolved(self.failures_path, [sid], "labelled")
             self._failed_ids.discard(sid)
+
+    def clear_failures(self, sids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Clear current failures (all, or those of ``sids``) so they can be retried.
+
+        Returns the cleared entries. The failure table keeps their history;
+        items that fail again are recorded again with their new error.
+        """
+        cleared = clear_failures(self.failures_path, sids)
+        self._failed_ids -= {entry["sid"] for entry in cleared}
+        return cleared
+
+
+def failures_path_of(dataset_path: str | os.PathLike) -> Path:
+    """The failure table beside a dataset file: ``dataset.db`` -> ``dataset.failures.jsonl``."""
+    return Path(dataset_path).with_suffix(".failures.jsonl")
+
+
+def read_failures(failures_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Unresolved failures in a failure table: the latest entry per structure id.
+
+    Each entry has ``sid``, ``name``, ``stage``, ``error`` (text) and ``time``
+    (Unix seconds). A missing file has none. Reads without opening any database.
+    """
+    path = Path(failures_path)
+    if not path.exists():
+        return []
+    latest: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash while it was written
+            latest[entry["sid"]] = entry
+    return [entry for entry in latest.values() if not entry.get("resolved")]
+
+
+def clear_failures(failures_path: str | os.PathLike, sids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Mark the current failures of a table (all, or those in ``sids``) cleared for a retry.
+
+    Returns the cleared entries.
+    """
+    wanted = None if sids is None else set(sids)
+    cleared = [entry for entry in read_failures(failures_path) if wanted is None or entry["sid"] in wanted]
+    if cleared:
+        _append_resolved(Path(failures_path), [entry["sid"] for entry in cleared], "retry")
+    return cleared
+
+
+def _append_resolved(path: Path, sids: list[str], reason: str) -> None:
+    with open(path, "a") as handle:
+        for sid in sids:
+            handle.write(json.dumps({"sid": sid, "resolved": True, "reason": reason, "time": time.time()}) + "\n")
