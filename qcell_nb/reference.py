@@ -3,19 +3,24 @@
 Resumable by construction: structures whose id is already in the dataset are
 not submitted again, and each result is committed to the dataset the moment
 the driver receives it, so an interrupted stage loses at most the items in
-flight.
+flight. With ``store_hamiltonian=True`` the Kohn-Sham matrices go to an HDF5
+file beside the dataset (:mod:`qcell_nb.hamiltonians`); structures labelled
+earlier without them are recomputed for their matrices (their dataset row is
+kept as it is).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 from ase import Atoms
 
 from .compute import MapSummary, map_items
+from .hamiltonians import HamiltonianStore, hamiltonians_path
 from .store import Dataset
-from .structures import structure_id
+from .structures import charge_of, multiplicity_of, structure_id
 
 #: Results stored as the row's calculator properties; the rest go in ``data``.
 CALCULATOR_KEYS = ("energy", "forces", "dipole", "charges")
@@ -29,22 +34,39 @@ def _label_one(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
 
 def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05_reference",
                   executor: str = "local", n_workers: int | None = None, retries: int = 1,
-                  progress: bool = True, **calc_params: Any) -> MapSummary:
+                  progress: bool = True, store_hamiltonian: bool = False,
+                  hamiltonian_path: str | os.PathLike | None = None, **calc_params: Any) -> MapSummary:
     """Label the structures not yet in ``dataset``; record failures in its failure table.
 
-    ``calc_params`` go to :func:`qcell_nb.calculators.pbe0.label_structure`
-    (basis, mbd variant, grid level, ...).
+    Parameters
+    ----------
+    structures, dataset:
+        What to label and where the rows go (one per structure id).
+    store_hamiltonian:
+        Also store the Kohn-Sham matrix, overlap and orbitals of each
+        structure in ``hamiltonian_path`` (default: ``<dataset>.hamiltonians.h5``).
+    calc_params:
+        Go to :func:`qcell_nb.calculators.pbe0.label_structure` (preset, basis,
+        mbd variant, grid level, device, ...).
     """
-    from .calculators.pbe0 import level_of_theory
+    from .calculators.pbe0 import level_of_theory, resolve_parameters
 
+    resolve_parameters(calc_params, n_atoms=0)  # a typo fails here, not once per structure
     dataset.update_metadata(
         level_of_theory=level_of_theory(**calc_params), calculator_parameters=calc_params,
         units={"energy": "eV", "forces": "eV/Å", "dipole": "e·Å", "charges": "e (Hirshfeld)"},
         mbd_forces="analytic (JAX autodiff) at fixed Hirshfeld volume ratios: the dependence of the "
                    "ratios on positions is neglected (about 2e-4 eV/Å for water)",
         dipole_origin="coordinate origin")
+    hamiltonians = None
+    if store_hamiltonian:
+        hamiltonians = HamiltonianStore(hamiltonian_path or hamiltonians_path(dataset.path))
+        dataset.update_metadata(hamiltonians=str(hamiltonians.path))
+        calc_params = {**calc_params, "kohn_sham_matrices": True}
     by_id = {structure_id(atoms): atoms for atoms in structures}
     done = dataset.done_ids()
+    if hamiltonians is not None:
+        done &= hamiltonians.ids()
     todo = [sid for sid in by_id if sid not in done]
     print(f"{len(by_id)} structures: {len(by_id) - len(todo)} already labelled, {len(todo)} to compute", flush=True)
 
@@ -54,6 +76,15 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
             if not np.all(np.isfinite(result[key])):
                 dataset.record_failure(sid, atoms.info.get("name", ""), stage, f"non-finite {key} in result")
                 return
+        result = dict(result)
+        matrices = result.pop("kohn_sham", None)
+        if hamiltonians is not None and matrices is not None:
+            # Matrices first: a crash between the two writes leaves a row-less
+            # entry that the rerun completes, never a row whose matrices are lost.
+            hamiltonians.write(sid, matrices, atomic_numbers=atoms.numbers, positions=atoms.positions,
+                               level_of_theory=result["level_of_theory"], auxbasis=result["auxbasis"],
+                               charge=charge_of(atoms), multiplicity=multiplicity_of(atoms),
+                               name=str(atoms.info.get("name", "")))
         results = {k: result[k] for k in CALCULATOR_KEYS if k in result}
         extra = {k: v for k, v in result.items() if k not in CALCULATOR_KEYS}
         # Scalars and strings (level of theory, auxiliary basis) become searchable key-value

@@ -4,14 +4,63 @@
 pure function that Dask workers call. Both produce, in ASE units:
 
 - ``energy`` (eV): PBE0 + dispersion,
-- ``forces`` (eV/Å): density-fitted analytic PBE0 gradients + dispersion
-  forces at fixed Hirshfeld ratios,
+- ``forces`` (eV/Å): density-fitted analytic PBE0 gradients (with grid
+  response) + dispersion forces at fixed Hirshfeld ratios,
 - ``dipole`` (e·Å): from the SCF density and the nuclei, about the coordinate
   origin (origin-dependent for charged systems, as in ASE),
 - ``charges`` (e): Hirshfeld charges,
 
 plus ``pbe0_energy``, ``mbd_energy`` (eV), ``hirsh_ratios``,
-``hirshfeld_charges``, ``scf_iterations``, ``scf_converged``, ``wall_time_s``.
+``hirshfeld_charges``, ``scf_iterations``, ``scf_converged``, ``wall_time_s``,
+``device`` and, when asked for (``kohn_sham_matrices=True``), ``kohn_sham``:
+the Kohn-Sham matrix, overlap, orbital energies and coefficients in the AO
+basis (hartree; see :func:`kohn_sham_matrices` and :mod:`qcell_nb.hamiltonians`).
+With MM point charges (``mm_positions``, ``mm_charges``; see
+:mod:`qcell_nb.calculators.qmmm`) the SCF is electrostatically embedded and
+``mm_forces`` holds the forces on the charges.
+
+Presets
+-------
+``preset`` picks basis, auxiliary basis, grid and SCF thresholds together;
+explicit parameters override the preset's values. The QCell paper labels with
+FHI-aims "tight" species defaults and "intermediate" ones for fragments over
+~350 atoms; the Gaussian-basis counterparts here are
+
+============  ===========  ======================  ====  =========  =============
+preset        basis        auxbasis (DF)           grid  conv_tol   conv_tol_grad
+============  ===========  ======================  ====  =========  =============
+tight         def2-TZVP    def2-universal-jkfit    4     1e-10 Ha   1e-6
+intermediate  def2-SVP     def2-universal-jkfit    3     1e-10 Ha   1e-6
+light         def2-SVP     def2-universal-jkfit    2     1e-9 Ha    1e-5
+auto          tight up to :data:`AUTO_INTERMEDIATE_ATOMS` atoms, intermediate above
+============  ===========  ======================  ====  =========  =============
+
+"grid" is PySCF's ``grids.level``; ``conv_tol`` the SCF energy change between
+cycles (Ha) and ``conv_tol_grad`` the orbital-gradient norm.
+
+Mapping of the paper's criteria (total energy 1e-5 eV, forces 1e-4 eV/Å; in
+FHI-aims the SCF accuracy settings ``sc_accuracy_etot``/``sc_accuracy_forces``)
+to these settings, measured against a much tighter reference (grid level 8,
+conv_tol 1e-13 Ha, conv_tol_grad 1e-9) with def2-TZVP, DF, grid response, on
+water and methanol displaced randomly by 0.05 Å (``bench/reference_engine.py
+--convergence`` reproduces the table; max over atoms and components)::
+
+    MEASUREMENT_TABLE
+
+The chosen ``tight`` setting (grid 4, 1e-10 Ha, 1e-6) changes the energy by
+less than 1e-5 eV and the forces by less than 1e-4 eV/Å relative to the
+reference. What remains is the basis-set and density-fitting error (a
+property of the level of theory, not of convergence: def2-universal-jkfit
+changes absolute PBE0 energies by ~1e-5 Ha per atom and relative energies
+far less).
+
+GPU
+---
+``device="auto"`` (default) runs the SCF and gradients with gpu4pyscf when it
+is installed and a CUDA device is visible, otherwise on the CPU;
+``device="gpu"`` insists (a clear RuntimeError if unavailable); ``"cpu"``
+never uses the GPU. Hirshfeld analysis, dipole and MBD always run on the CPU.
+``results["device"]`` says where the SCF ran.
 
 Threads: PySCF's ``lib.num_threads()`` follows ``OMP_NUM_THREADS``; this module
 does not override it (a Dask worker sets it for its own process).
@@ -35,7 +84,27 @@ from qcell_nb.structures import charge_of, multiplicity_of
 #: Closest allowed interatomic distance (Å); closer pairs are rejected.
 MIN_DISTANCE = 0.5
 
+#: With ``preset="auto"``: fragments with more atoms than this get "intermediate".
+AUTO_INTERMEDIATE_ATOMS = 350
+
+#: Named settings (see the module docstring for how they were chosen).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tight": {"basis": "def2-tzvp", "auxbasis": "def2-universal-jkfit", "grid_level": 4,
+              "conv_tol": 1e-10, "conv_tol_grad": 1e-6},
+    "intermediate": {"basis": "def2-svp", "auxbasis": "def2-universal-jkfit", "grid_level": 3,
+                     "conv_tol": 1e-10, "conv_tol_grad": 1e-6},
+    "light": {"basis": "def2-svp", "auxbasis": "def2-universal-jkfit", "grid_level": 2,
+              "conv_tol": 1e-9, "conv_tol_grad": 1e-5},
+}
+
+#: Parameters a preset sets.
+PRESET_KEYS = ("basis", "auxbasis", "grid_level", "conv_tol", "conv_tol_grad")
+
 DEFAULT_PARAMETERS: dict[str, Any] = {
+    # None: the explicit values below; "tight", "intermediate", "light" or
+    # "auto" (tight up to AUTO_INTERMEDIATE_ATOMS atoms): see PRESETS.
+    # Parameters given explicitly override the preset's.
+    "preset": None,
     "basis": "def2-svp",
     "xc": "pbe0",
     # None = PySCF's default for the basis (def2-universal-jkfit for def2
@@ -47,35 +116,119 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     # are the exact gradient of the energy (see tests/test_pbe0.py).
     "grid_response": True,
     "conv_tol": 1e-9,  # Ha
+    "conv_tol_grad": None,  # orbital gradient norm; None = PySCF's sqrt(conv_tol)
     "max_cycle": 100,
     "mbd": "rsscs",  # "rsscs", "ts" or None
     "mbd_beta": None,  # None = libMBD's value for xc (PBE0: 0.85; TS s_R 0.96)
     "charge": None,  # None = atoms.info["charge"] (default 0)
     "multiplicity": None,  # None = atoms.info["multiplicity"] (default by parity)
+    "device": "auto",  # "auto", "cpu" or "gpu" (gpu4pyscf)
+    "kohn_sham_matrices": False,  # also return F, S, orbital energies/coefficients
+    # Electrostatic embedding (qcell_nb.calculators.qmmm): MM point charges (Å, e).
+    "mm_positions": None,
+    "mm_charges": None,
     "free_atom_cache": None,  # None = ~/.cache/qcell_nb/free_atoms or $QCELL_NB_CACHE
     "verbose": 0,
 }
+
+
+def resolve_parameters(params: dict[str, Any], n_atoms: int | None = None) -> dict[str, Any]:
+    """Full parameter set: defaults, then the preset's values, then ``params``.
+
+    Parameters
+    ----------
+    params:
+        Parameters given explicitly (a subset of :data:`DEFAULT_PARAMETERS`).
+    n_atoms:
+        Size of the structure; needed for ``preset="auto"`` only.
+    """
+    unknown = set(params) - set(DEFAULT_PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown PBE0MBD parameter(s): {sorted(unknown)}")
+    preset = params.get("preset")
+    resolved = dict(DEFAULT_PARAMETERS)
+    if preset is not None:
+        if preset == "auto":
+            if n_atoms is None:
+                raise ValueError("preset 'auto' needs the number of atoms to choose tight or intermediate")
+            preset = "intermediate" if n_atoms > AUTO_INTERMEDIATE_ATOMS else "tight"
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS) + ['auto']} or None")
+        resolved.update(PRESETS[preset])
+    resolved.update({k: v for k, v in params.items() if k != "preset"})
+    resolved["preset"] = preset
+    if resolved["device"] not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device {resolved['device']!r} is not 'auto', 'cpu' or 'gpu'")
+    if resolved["mbd"] not in ("rsscs", "ts", None):
+        raise ValueError(f"unknown mbd variant {resolved['mbd']!r}; use 'rsscs', 'ts' or None")
+    return resolved
 
 
 def level_of_theory(
     basis: str = DEFAULT_PARAMETERS["basis"],
     xc: str = DEFAULT_PARAMETERS["xc"],
     mbd: str | None = DEFAULT_PARAMETERS["mbd"],
-    **_: Any,
+    preset: str | None = None,
+    **explicit: Any,
 ) -> str:
     """Short description of a labelling setting, e.g. ``"PBE0+MBD@rsSCS/def2-svp (PySCF DF)"``.
 
     Accepts (and ignores) the calculator's other parameters so that
-    ``level_of_theory(**calc_params)`` works.
+    ``level_of_theory(**calc_params)`` works. With a preset its basis is used
+    unless ``basis`` is given; ``preset="auto"`` names both bases.
     """
     disp = {"rsscs": "+MBD@rsSCS", "ts": "+TS", None: ""}.get(mbd)
     if disp is None:
         raise ValueError(f"unknown mbd variant {mbd!r}; use 'rsscs', 'ts' or None")
+    if preset == "auto" and basis == DEFAULT_PARAMETERS["basis"]:
+        tight, inter = PRESETS["tight"]["basis"], PRESETS["intermediate"]["basis"]
+        basis = f"{tight} (<= {AUTO_INTERMEDIATE_ATOMS} atoms), {inter} (larger)"
+    elif preset is not None and basis == DEFAULT_PARAMETERS["basis"]:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS) + ['auto']} or None")
+        basis = PRESETS[preset]["basis"]
     return f"{xc.upper()}{disp}/{basis} (PySCF DF)"
 
 
 #: The default setting's description.
 LEVEL_OF_THEORY = level_of_theory()
+
+
+def gpu_status() -> tuple[bool, str]:
+    """Whether gpu4pyscf and a CUDA device are usable here, and why not if not."""
+    try:
+        import cupy
+        import gpu4pyscf  # noqa: F401
+    except ImportError as err:
+        return False, f"gpu4pyscf/cupy not importable ({err}); install gpu4pyscf-cuda12x for GPU runs"
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # noqa: BLE001 - CUDA raises driver-specific types
+        return False, f"no usable CUDA device ({err})"
+    if n_devices < 1:
+        return False, "no CUDA device visible"
+    return True, f"gpu4pyscf on {n_devices} CUDA device(s)"
+
+
+def select_device(device: str) -> str:
+    """``"cpu"`` or ``"gpu"`` for a requested ``"auto"``/``"cpu"``/``"gpu"``.
+
+    Raises
+    ------
+    RuntimeError
+        ``device="gpu"`` but gpu4pyscf or a CUDA device is missing.
+    """
+    if device == "cpu":
+        return "cpu"
+    ok, why = gpu_status()
+    if device == "gpu" and not ok:
+        raise RuntimeError(f"device='gpu' requested but the GPU path is unavailable: {why}")
+    return "gpu" if ok else "cpu"
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    """NumPy copy of a NumPy or CuPy array."""
+    return np.asarray(array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else array)
 
 
 def check_structure(atoms: Atoms, basis: str, charge: int, multiplicity: int) -> None:
@@ -135,13 +288,23 @@ def build_mole(atoms: Atoms, basis: str, charge: int, multiplicity: int, verbose
 
 
 def _make_scf(mol: gto.Mole, params: dict[str, Any]):
+    """DF-RKS/UKS object for ``params`` (embedded in MM charges if given; on the GPU if asked)."""
     mf = dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)
     mf.xc = params["xc"]
     mf.grids.level = params["grid_level"]
     mf.conv_tol = params["conv_tol"]
+    if params.get("conv_tol_grad") is not None:
+        mf.conv_tol_grad = params["conv_tol_grad"]
     mf.max_cycle = params["max_cycle"]
     mf.verbose = params["verbose"]
-    return mf.density_fit(auxbasis=params["auxbasis"])
+    mf = mf.density_fit(auxbasis=params["auxbasis"])
+    if params.get("mm_charges") is not None:
+        from qcell_nb.calculators.qmmm import embed_point_charges
+
+        mf = embed_point_charges(mf, params["mm_positions"], params["mm_charges"])
+    if params.get("_device") == "gpu":
+        mf = mf.to_gpu()
+    return mf
 
 
 def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
@@ -195,11 +358,43 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     )
 
 
+def kohn_sham_matrices(mf) -> dict[str, Any]:
+    """Kohn-Sham matrix, overlap and orbitals of a converged SCF, in the AO basis.
+
+    Returns
+    -------
+    dict
+        ``hamiltonian`` (nao, nao) or (2, nao, nao) for UKS (alpha, beta), Ha:
+        the Fock/KS matrix of the converged density (no level shift);
+        ``overlap`` (nao, nao); ``orbital_energies`` (nmo,) or (2, nmo), Ha;
+        ``orbital_coefficients`` (nao, nmo) or (2, nao, nmo);
+        ``occupations``; ``ao_labels`` (list of str, PySCF order, spherical
+        AOs); ``basis`` (str); ``restricted`` (bool). ``F C = S C diag(e)``
+        holds to the SCF convergence.
+    """
+    dm = mf.make_rdm1()
+    fock = mf.get_fock(dm=dm)
+    mol = mf.mol
+    return {
+        "hamiltonian": _to_numpy(fock),
+        "overlap": _to_numpy(mf.get_ovlp()),
+        "orbital_energies": _to_numpy(mf.mo_energy),
+        "orbital_coefficients": _to_numpy(mf.mo_coeff),
+        "occupations": _to_numpy(mf.mo_occ),
+        "ao_labels": [label.strip() for label in mol.ao_labels()],
+        "basis": mol.basis if isinstance(mol.basis, str) else "custom",
+        "restricted": mol.spin == 0,
+    }
+
+
 class PBE0MBD(Calculator):
     """PBE0+MBD@rsSCS with PySCF density fitting and JAX MBD.
 
     Parameters (keywords; see :data:`DEFAULT_PARAMETERS`)
     ----------------------------------------------------
+    preset : {"tight", "intermediate", "light", "auto"} or None
+        Basis, auxbasis, grid and thresholds together (module docstring);
+        other keywords given explicitly override it.
     basis : str
         Orbital basis (default ``"def2-svp"``).
     xc : str
@@ -210,8 +405,8 @@ class PBE0MBD(Calculator):
         PySCF DFT grid level (default 3).
     grid_response : bool
         Include grid-weight derivatives in forces (default True).
-    conv_tol : float
-        SCF energy convergence in Ha (default 1e-9).
+    conv_tol, conv_tol_grad : float
+        SCF energy (Ha) and orbital-gradient convergence (default 1e-9, sqrt(conv_tol)).
     max_cycle : int
         SCF cycles per rescue stage.
     mbd : {"rsscs", "ts", None}
@@ -220,6 +415,12 @@ class PBE0MBD(Calculator):
         Damping override (beta for rsSCS, s_R for TS).
     charge, multiplicity : int or None
         Override ``atoms.info``; RKS for multiplicity 1, UKS otherwise.
+    device : {"auto", "cpu", "gpu"}
+        Where the SCF and gradients run (gpu4pyscf); see the module docstring.
+    kohn_sham_matrices : bool
+        Also put :func:`kohn_sham_matrices` in ``results["kohn_sham"]``.
+    mm_positions, mm_charges : array (m, 3) in Å, array (m,) in e, or None
+        Point charges for electrostatic embedding; ``results["mm_forces"]``.
     free_atom_cache : path or None
         Hirshfeld free-atom cache directory.
     verbose : int
@@ -236,29 +437,42 @@ class PBE0MBD(Calculator):
     default_parameters = dict(DEFAULT_PARAMETERS)
 
     def __init__(self, **kwargs: Any) -> None:
-        unknown = set(kwargs) - set(DEFAULT_PARAMETERS) - {"restart", "ignore_bad_restart_file", "label", "atoms", "directory"}
-        if unknown:
-            raise ValueError(f"unknown PBE0MBD parameter(s): {sorted(unknown)}")
+        ase_keys = {"restart", "ignore_bad_restart_file", "label", "atoms", "directory"}
+        resolve_parameters({k: v for k, v in kwargs.items() if k not in ase_keys}, n_atoms=0)
+        self._explicit: dict[str, Any] = {}
         super().__init__(**kwargs)
         self._mf = None
+
+    def set(self, **kwargs: Any) -> dict[str, Any]:
+        # Remember what the user set, so a preset does not override it.
+        self._explicit.update(kwargs)
+        return super().set(**kwargs)
 
     def reset(self) -> None:
         super().reset()
         self._mf = None
 
+    def resolved_parameters(self, n_atoms: int) -> dict[str, Any]:
+        """The parameters in effect for a structure of ``n_atoms`` atoms."""
+        return resolve_parameters(self._explicit, n_atoms)
+
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         start = time.perf_counter()
         atoms = self.atoms
-        p = self.parameters
         name = atoms.info.get("name", "structure")
 
         if self._mf is None or system_changes:
+            p = self.resolved_parameters(len(atoms))
             charge = charge_of(atoms) if p["charge"] is None else int(p["charge"])
             mult = multiplicity_of(atoms) if p["multiplicity"] is None else int(p["multiplicity"])
             check_structure(atoms, p["basis"], charge, mult)
-            if p["mbd"] not in ("rsscs", "ts", None):
-                raise ValueError(f"unknown mbd variant {p['mbd']!r}; use 'rsscs', 'ts' or None")
+            if p["mm_charges"] is not None:
+                from qcell_nb.calculators.qmmm import check_point_charges
+
+                check_point_charges(atoms, p["mm_positions"], p["mm_charges"])
+            p["_device"] = select_device(p["device"])
+            self._resolved = p
             mol = build_mole(atoms, p["basis"], charge, mult, p["verbose"])
             mf, cycles = run_scf(mol, p, name)
             self._mf = mf
@@ -268,8 +482,10 @@ class PBE0MBD(Calculator):
         self.results["wall_time_s"] = self.results.get("wall_time_s", 0.0) + time.perf_counter() - start
 
     def _compute_energy_properties(self, mf, cycles: int) -> None:
-        p = self.parameters
-        hirsh = hirshfeld_analysis(mf, cache_dir=p["free_atom_cache"], xc=p["xc"])
+        p = self._resolved
+        # Analysis on the CPU: a GPU object is copied back (orbitals and all).
+        cpu_mf = mf.to_cpu() if p["_device"] == "gpu" else mf
+        hirsh = hirshfeld_analysis(cpu_mf, cache_dir=p["free_atom_cache"], xc=p["xc"])
         e_pbe0 = float(mf.e_tot) * Hartree
         if p["mbd"] is None:
             e_disp, f_disp = 0.0, np.zeros((len(self.atoms), 3))
@@ -279,7 +495,7 @@ class PBE0MBD(Calculator):
                 self.atoms.get_positions(), self.atoms.get_atomic_numbers(),
                 hirsh["volume_ratios"], variant=p["mbd"], beta=beta,
             )
-        dipole_au = mf.dip_moment(unit="AU", verbose=0)
+        dipole_au = cpu_mf.dip_moment(unit="AU", verbose=0)
         self._disp_forces = f_disp
         self.results = {
             "energy": e_pbe0 + e_disp,
@@ -293,19 +509,27 @@ class PBE0MBD(Calculator):
             "hirshfeld_free_volumes": hirsh["free_volumes"],
             "scf_iterations": cycles,
             "scf_converged": bool(mf.converged),
-            "auxbasis": str(mf.with_df.auxbasis),
+            "auxbasis": str(cpu_mf.with_df.auxbasis),
+            "basis": str(p["basis"]),
+            "device": p["_device"],
             "wall_time_s": 0.0,
         }
+        if p["kohn_sham_matrices"]:
+            self.results["kohn_sham"] = kohn_sham_matrices(mf)
 
     def _compute_forces(self) -> None:
         grad = self._mf.nuc_grad_method()
-        grad.grid_response = bool(self.parameters["grid_response"])
+        grad.grid_response = bool(self._resolved["grid_response"])
         grad.verbose = 0
-        g = grad.kernel()  # Ha/bohr
-        forces = -np.asarray(g) * (Hartree / Bohr) + self._disp_forces
+        g = _to_numpy(grad.kernel())  # Ha/bohr
+        forces = -g * (Hartree / Bohr) + self._disp_forces
         if not np.all(np.isfinite(forces)):
             raise RuntimeError(f"{self.atoms.info.get('name', 'structure')}: non-finite forces")
         self.results["forces"] = forces
+        if self._resolved["mm_charges"] is not None:
+            from qcell_nb.calculators.qmmm import point_charge_forces
+
+            self.results["mm_forces"] = point_charge_forces(grad, self._mf)
 
 
 def label_structure(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
@@ -320,7 +544,9 @@ def label_structure(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
         ``energy`` (float, eV), ``forces`` (n, 3; eV/Å), ``dipole`` (3; e·Å),
         ``charges`` (n; e, Hirshfeld), ``hirsh_ratios`` (n), ``pbe0_energy``
         and ``mbd_energy`` (eV), ``scf_iterations`` (int), ``wall_time_s``
-        (float), ``level_of_theory`` (str), ``auxbasis`` (str).
+        (float), ``level_of_theory`` (str), ``auxbasis`` (str), ``device``
+        (str); ``kohn_sham`` (dict, see :func:`kohn_sham_matrices`) when
+        ``kohn_sham_matrices=True``; ``mm_forces`` (m, 3; eV/Å) with MM charges.
     """
     start = time.perf_counter()
     calc = PBE0MBD(**calc_params)
@@ -328,8 +554,8 @@ def label_structure(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
     atoms.calc = calc
     calc.calculate(atoms, ["energy", "forces"], all_changes)
     r = calc.results
-    params = {**DEFAULT_PARAMETERS, **calc_params}
-    return {
+    params = calc.resolved_parameters(len(atoms))
+    result = {
         "energy": float(r["energy"]),
         "forces": np.asarray(r["forces"], dtype=np.float64),
         "dipole": np.asarray(r["dipole"], dtype=np.float64),
@@ -339,6 +565,11 @@ def label_structure(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
         "mbd_energy": float(r["mbd_energy"]),
         "scf_iterations": int(r["scf_iterations"]),
         "wall_time_s": time.perf_counter() - start,
-        "level_of_theory": level_of_theory(**params),
+        "level_of_theory": level_of_theory(**{**params, "preset": None}),
         "auxbasis": str(r["auxbasis"]),
+        "device": str(r["device"]),
     }
+    for optional in ("kohn_sham", "mm_forces"):
+        if optional in r:
+            result[optional] = r[optional]
+    return result
