@@ -2,13 +2,26 @@
 
 Stage 01 for the ``carbohydrates`` subset. Each block is a free, neutral
 monosaccharide in its cyclic (pyranose or furanose) form with every stereo
-centre specified, anomeric carbon included.
+centre specified, anomeric carbon included. The library (:data:`LIBRARY`,
+52 entries) holds both anomers of the eight D-aldohexopyranoses, of the
+aldopentopyranoses (D-Rib, L-Ara, D-Xyl, D-Lyx) and of the common furanoses
+(D-Rib, L-Ara, 2-deoxy-D-Rib, D-Fru), D-fructopyranose, beta-D-Galf, the
+6-deoxy sugars L-Fuc and L-Rha, the amino sugars GlcNAc, GalNAc (both
+anomers), beta-ManNAc and beta-GlcN, the uronic acids GlcA, GalA (both
+anomers) and alpha-L-IdoA, and sialic acid (Neu5Ac, both anomers).
 
-Every SMILES in :data:`MONOSACCHARIDES` was checked against the CIP
-configuration of each ring carbon in its IUPAC name (for example
-beta-D-glucopyranose = (2R,3R,4S,5S,6R)-6-(hydroxymethyl)oxane-2,3,4,5-tetrol);
-``tests/test_carbohydrates.py`` keeps that table and re-checks it with RDKit's
-new CIP labeller.
+Charge: acids (uronic acids, Neu5Ac) are the neutral COOH forms, so every
+block is a neutral singlet. An isolated carboxylate in vacuum is what the
+PBE0 labels of stage 05 would see without counter-ions or solvent, and its
+HOMO is barely bound without diffuse functions; the neutral acid is the
+well-defined gas-phase fragment. Build a carboxylate with
+:func:`molecule_from_smiles` if wanted (its charge is read from the SMILES).
+
+Every SMILES is generated from the Fischer projection (:data:`FISCHER_D`, the
+series, the anomer and the ring template) and checked against hand-written
+CIP labels of every stereocentre (for example beta-D-glucopyranose =
+(2R,3R,4S,5S,6R)-6-(hydroxymethyl)oxane-2,3,4,5-tetrol) in
+``tests/test_carbohydrates.py`` with RDKit's new CIP labeller.
 
 Atom order contract (see :mod:`qcell_nb.structures`): the ``smiles`` stored in
 ``atoms.info`` is RDKit's canonical isomeric SMILES, and the Atoms are built
@@ -19,7 +32,9 @@ hydrogens).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
@@ -29,7 +44,10 @@ from rdkit.Chem import AllChem, Descriptors
 from ..structures import SUBSETS
 
 __all__ = [
+    "FISCHER_D",
+    "LIBRARY",
     "MONOSACCHARIDES",
+    "Monosaccharide",
     "build_library",
     "build_monosaccharide",
     "canonical_smiles",
@@ -37,37 +55,165 @@ __all__ = [
     "molecule_from_smiles",
 ]
 
-#: Name -> isomeric SMILES (full stereo, no explicit H atoms). Sugar carbon
-#: labels (C1..C5, C2..C5 for the ketose) and their expected CIP codes are in
-#: the comments; they are the ring-position descriptors of the IUPAC name.
-MONOSACCHARIDES: dict[str, str] = {
-    # C1 S, C2 R, C3 S, C4 S, C5 R
-    "alpha-D-glucopyranose": "OC[C@H]1O[C@H](O)[C@H](O)[C@@H](O)[C@@H]1O",
-    # C1 R, C2 R, C3 S, C4 S, C5 R
-    "beta-D-glucopyranose": "OC[C@H]1O[C@@H](O)[C@H](O)[C@@H](O)[C@@H]1O",
-    # C1 S, C2 R, C3 S, C4 R, C5 R (C4 epimer of glucose)
-    "alpha-D-galactopyranose": "OC[C@H]1O[C@H](O)[C@H](O)[C@@H](O)[C@H]1O",
-    # C1 R, C2 R, C3 S, C4 R, C5 R
-    "beta-D-galactopyranose": "OC[C@H]1O[C@@H](O)[C@H](O)[C@@H](O)[C@H]1O",
-    # C1 S, C2 S, C3 S, C4 S, C5 R (C2 epimer of glucose)
-    "alpha-D-mannopyranose": "OC[C@H]1O[C@H](O)[C@@H](O)[C@@H](O)[C@@H]1O",
-    # C1 R, C2 S, C3 S, C4 S, C5 R
-    "beta-D-mannopyranose": "OC[C@H]1O[C@@H](O)[C@@H](O)[C@@H](O)[C@@H]1O",
-    # C1 R, C2 R, C3 S, C4 R (C4 reads R only because C5 lost its CH2OH)
-    "beta-D-xylopyranose": "C1O[C@@H](O)[C@H](O)[C@@H](O)[C@@H]1O",
-    # C1 R, C2 S, C3 R, C4 S, C5 S (enantiomer of 6-deoxy-alpha-D-galactose)
-    "alpha-L-fucopyranose": "C[C@@H]1O[C@@H](O)[C@@H](O)[C@H](O)[C@@H]1O",
-    # C1 R, C2 R, C3 R, C4 S, C5 R (C3 reads R because C2 carries N, not O)
-    "N-acetyl-beta-D-glucosamine": "OC[C@H]1O[C@@H](O)[C@H](NC(C)=O)[C@@H](O)[C@@H]1O",
-    # C1 S, C2 R, C3 S, C4 R
-    "alpha-D-ribofuranose": "OC[C@H]1O[C@H](O)[C@H](O)[C@@H]1O",
-    # C1 R, C2 R, C3 S, C4 R
-    "beta-D-ribofuranose": "OC[C@H]1O[C@@H](O)[C@H](O)[C@@H]1O",
-    # C1 R, C3 S, C4 R
-    "2-deoxy-beta-D-ribofuranose": "OC[C@H]1O[C@@H](O)C[C@@H]1O",
-    # C2 R, C3 S, C4 S, C5 R (anomeric carbon is C2)
-    "beta-D-fructofuranose": "OC[C@H]1O[C@](O)(CO)[C@@H](O)[C@@H]1O",
+#: D-series Fischer configuration of the chain stereocentres, lowest-numbered
+#: first: ``R`` when the substituent points right, ``L`` left (aldohexoses
+#: C2-C5, aldopentoses C2-C4, the ketohexose C3-C5, neuraminic acid C4-C8,
+#: i.e. D-glycero-D-galacto). The L series mirrors every letter.
+FISCHER_D: dict[str, str] = {
+    "allo": "RRRR", "altro": "LRRR", "gluco": "RLRR", "manno": "LLRR",
+    "gulo": "RRLR", "ido": "LRLR", "galacto": "RLLR", "talo": "LLLR",
+    "ribo": "RRR", "arabino": "LRR", "xylo": "RLR", "lyxo": "LLR",
+    "fructo": "LRR", "neuramino": "RLLRR",
 }
+
+# Ring templates: ``{cN}`` is sugar carbon N as a stereocentre, ``{xN}`` its
+# exocyclic substituent. Chirality in SMILES depends only on the order in
+# which neighbours are written, so within one template moving a substituent
+# from one side of the Fischer projection to the other (swapping it with the
+# H) is exactly one flip of that carbon's @/@@ tag. _RIGHT_TAG holds, per
+# template, the tag that puts the substituent on the right; it was calibrated
+# on the CIP-checked alpha-D-glucopyranose, beta-D-xylopyranose,
+# alpha-D-ribofuranose and beta-D-fructofuranose and, for open-chain carbons,
+# on D-glyceraldehyde ("O=C[C@H](O)CO" is R: top, H, OH, bottom -> @ means OH
+# right). tests/test_carbohydrates.py re-checks every entry against
+# hand-written CIP labels.
+_TEMPLATES: dict[str, str] = {
+    "hexopyranose": "{x6}{c5}1O{c1}({x1}){c2}({x2}){c3}({x3}){c4}1{x4}",
+    "pentopyranose": "C1O{c1}({x1}){c2}({x2}){c3}({x3}){c4}1{x4}",
+    "pentofuranose": "OC{c4}1O{c1}({x1}){c2}({x2}){c3}1{x3}",
+    "hexofuranose": "OC{c5}(O){c4}1O{c1}({x1}){c2}({x2}){c3}1{x3}",
+    "ketohexofuranose": "OC{c5}1O{c2}({x2})(CO){c3}({x3}){c4}1{x4}",
+    "ketohexopyranose": "C1O{c2}({x2})(CO){c3}({x3}){c4}({x4}){c5}1{x5}",
+    # 3-deoxy-non-2-ulopyranosonic acid (C1 carboxyl, C3 CH2, side chain C7-C9)
+    "nonulopyranosonic": "OC{c8}(O){c7}(O){c6}1O{c2}({x2})(C(=O)O)C{c4}({x4}){c5}1{x5}",
+}
+_RIGHT_TAG: dict[str, dict[int, str]] = {
+    "hexopyranose": {1: "@", 2: "@", 3: "@", 4: "@@", 5: "@"},
+    "pentopyranose": {1: "@", 2: "@", 3: "@", 4: "@@"},
+    "pentofuranose": {1: "@", 2: "@", 3: "@@", 4: "@"},
+    "hexofuranose": {1: "@", 2: "@", 3: "@@", 4: "@", 5: "@@"},
+    "ketohexofuranose": {2: "@@", 3: "@", 4: "@@", 5: "@"},
+    "ketohexopyranose": {2: "@@", 3: "@", 4: "@", 5: "@@"},
+    "nonulopyranosonic": {2: "@@", 4: "@", 5: "@@", 6: "@", 7: "@@", 8: "@@"},
+}
+#: Anomeric carbon and anomeric reference carbon (alpha: the anomeric O is cis
+#: in the Fischer projection to the O of the reference carbon; beta: trans).
+_ANOMERIC: dict[str, tuple[int, int]] = {
+    "hexopyranose": (1, 5), "pentopyranose": (1, 4), "pentofuranose": (1, 4), "hexofuranose": (1, 5),
+    "ketohexofuranose": (2, 5), "ketohexopyranose": (2, 5), "nonulopyranosonic": (2, 7),
+}
+_TOKEN = re.compile(r"\{c(\d)\}|\(\{x(\d)\}\)|\{x(\d)\}")
+_MIRROR = str.maketrans("RL", "LR")
+
+
+@dataclass(frozen=True)
+class Monosaccharide:
+    """One library entry: a cyclic monosaccharide with every stereocentre fixed.
+
+    Attributes
+    ----------
+    name:
+        Library name, e.g. ``"beta-D-glucopyranose"``.
+    template:
+        Ring template: ``hexopyranose``, ``pentopyranose``, ``pentofuranose``,
+        ``hexofuranose``, ``ketohexofuranose``, ``ketohexopyranose`` or
+        ``nonulopyranosonic``.
+    configuration:
+        Fischer side (``R``/``L``) of each chain stereocentre, lowest carbon first.
+    anomer:
+        ``"alpha"`` or ``"beta"``.
+    substituents:
+        ``(carbon, group)`` pairs overriding the default exocyclic hydroxyl:
+        group as SMILES written from the ring carbon, ``""`` for a deoxy
+        carbon, ``"NC(C)=O"`` acetamido, ``"N"`` amino; carbon 6 of a
+        hexopyranose is the C6 group itself: ``"OC"`` CH2OH (default),
+        ``"C"`` CH3, ``"OC(=O)"`` COOH.
+    """
+
+    name: str
+    template: str
+    configuration: str
+    anomer: str
+    substituents: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def anomeric_carbon(self) -> int:
+        """Sugar number of the anomeric carbon (1 for aldoses, 2 for ketoses)."""
+        return _ANOMERIC[self.template][0]
+
+    @property
+    def smiles(self) -> str:
+        """Isomeric SMILES, no explicit H atoms, every stereocentre specified."""
+        anomeric, reference = _ANOMERIC[self.template]
+        side = dict(zip(sorted(number for number in _RIGHT_TAG[self.template] if number != anomeric),
+                        self.configuration))
+        side[anomeric] = side[reference] if self.anomer == "alpha" else side[reference].translate(_MIRROR)
+        groups = {6: "OC"} if self.template == "hexopyranose" else {}
+        groups.update(self.substituents)
+
+        def fill(match: re.Match) -> str:
+            carbon, branch, tail = match.groups()
+            if carbon is not None:
+                number = int(carbon)
+                if groups.get(number, "O") == "":
+                    return "C"  # deoxy: no longer a stereocentre
+                right = _RIGHT_TAG[self.template][number]
+                tag = right if side[number] == "R" else ("@@" if right == "@" else "@")
+                # A ketose's anomeric carbon has no H.
+                return f"[C{tag}]" if number == anomeric and anomeric == 2 else f"[C{tag}H]"
+            group = groups.get(int(branch or tail), "O")
+            return group if tail or not group else f"({group})"
+
+        return _TOKEN.sub(fill, _TEMPLATES[self.template])
+
+
+def _entry(name: str, template: str, parent: str, series: str, anomer: str, **groups: str) -> Monosaccharide:
+    configuration = FISCHER_D[parent] if series == "D" else FISCHER_D[parent].translate(_MIRROR)
+    substituents = tuple(sorted((int(key[1:]), value) for key, value in groups.items()))
+    return Monosaccharide(name, template, configuration, anomer, substituents)
+
+
+def _library() -> dict[str, Monosaccharide]:
+    """The 52 entries, in a fixed order (families together, alpha before beta)."""
+    entries: list[Monosaccharide] = []
+    for parent in ("allo", "altro", "gluco", "manno", "gulo", "ido", "galacto", "talo"):
+        for anomer in ("alpha", "beta"):
+            entries.append(_entry(f"{anomer}-D-{parent}pyranose", "hexopyranose", parent, "D", anomer))
+    for parent, series in (("ribo", "D"), ("arabino", "L"), ("xylo", "D"), ("lyxo", "D")):
+        for anomer in ("alpha", "beta"):
+            entries.append(_entry(f"{anomer}-{series}-{parent}pyranose", "pentopyranose", parent, series, anomer))
+    families = [
+        ("{}-D-ribofuranose", "pentofuranose", "ribo", "D", {}),
+        ("{}-L-arabinofuranose", "pentofuranose", "arabino", "L", {}),
+        ("2-deoxy-{}-D-ribofuranose", "pentofuranose", "ribo", "D", {"x2": ""}),
+        ("{}-D-fructofuranose", "ketohexofuranose", "fructo", "D", {}),
+        ("{}-D-fructopyranose", "ketohexopyranose", "fructo", "D", {}),
+        ("{}-L-fucopyranose", "hexopyranose", "galacto", "L", {"x6": "C"}),  # 6-deoxy-L-galactose
+        ("{}-L-rhamnopyranose", "hexopyranose", "manno", "L", {"x6": "C"}),  # 6-deoxy-L-mannose
+        ("N-acetyl-{}-D-glucosamine", "hexopyranose", "gluco", "D", {"x2": "NC(C)=O"}),
+        ("N-acetyl-{}-D-galactosamine", "hexopyranose", "galacto", "D", {"x2": "NC(C)=O"}),
+        # Acids as the neutral COOH form, like every other block (see module docstring).
+        ("{}-D-glucopyranuronic acid", "hexopyranose", "gluco", "D", {"x6": "OC(=O)"}),
+        ("{}-D-galactopyranuronic acid", "hexopyranose", "galacto", "D", {"x6": "OC(=O)"}),
+        ("N-acetyl-{}-neuraminic acid", "nonulopyranosonic", "neuramino", "D", {"x5": "NC(C)=O"}),
+    ]
+    for pattern, template, parent, series, groups in families:
+        for anomer in ("alpha", "beta"):
+            entries.append(_entry(pattern.format(anomer), template, parent, series, anomer, **groups))
+    entries += [
+        _entry("beta-D-galactofuranose", "hexofuranose", "galacto", "D", "beta"),
+        _entry("N-acetyl-beta-D-mannosamine", "hexopyranose", "manno", "D", "beta", x2="NC(C)=O"),
+        _entry("beta-D-glucosamine", "hexopyranose", "gluco", "D", "beta", x2="N"),
+        _entry("alpha-L-idopyranuronic acid", "hexopyranose", "ido", "L", "alpha", x6="OC(=O)"),
+    ]
+    return {entry.name: entry for entry in entries}
+
+
+#: Name -> library entry (52 monosaccharides).
+LIBRARY: dict[str, Monosaccharide] = _library()
+
+#: Name -> isomeric SMILES (full stereo, no explicit H atoms) of every entry.
+MONOSACCHARIDES: dict[str, str] = {name: entry.smiles for name, entry in LIBRARY.items()}
 
 
 def _parse(smiles: str) -> Chem.Mol:
