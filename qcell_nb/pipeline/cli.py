@@ -1,14 +1,14 @@
-"""Command line: ``qcell-nb run``, ``qcell-nb status``."""
+"""Command line: ``qcell-nb run``, ``status``, ``failures``, ``retry``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .parameters import PROFILES, ParameterError, parse_overrides
-from .runner import run_pipeline, run_status
-from .stages import runs_root
+from .runner import EXECUTION_PARAMETERS, find_run, retry_failures, run_pipeline, run_status, stage_failures
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -28,11 +28,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    if not run_dir.exists():
-        run_dir = Path(args.runs_dir or runs_root()) / args.run
-    if not run_dir.exists():
-        print(f"qcell-nb: error: no run {args.run!r} (looked in {run_dir})", file=sys.stderr)
+    try:
+        run_dir = find_run(args.run, args.runs_dir)
+    except FileNotFoundError as exc:
+        print(f"qcell-nb: error: {exc}", file=sys.stderr)
         return 2
     print(f"run {run_dir}")
     print(f"{'stage':<20} {'status':<10} {'seconds':>8}  counts")
@@ -40,6 +39,41 @@ def _cmd_status(args: argparse.Namespace) -> int:
         seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
         counts = ", ".join(f"{k}={v}" for k, v in row["counts"].items())
         print(f"{row['stage']:<20} {row['status']:<10} {seconds:>8}  {counts}")
+    return 0
+
+
+def _cmd_failures(args: argparse.Namespace) -> int:
+    try:
+        run_dir = find_run(args.run, args.runs_dir)
+        failures = stage_failures(run_dir, [args.stage] if args.stage else None)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"qcell-nb: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run {run_dir}: {len(failures)} failed item(s)")
+    for entry in failures:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.get("time", 0)))
+        print(f"{entry['stage']:<20} {entry.get('name') or '-':<24} {entry['sid']}  {when}")
+        print(f"    {entry.get('error', '')}")
+    if failures:
+        stages = sorted({entry["stage"] for entry in failures})
+        print("retry with: " + "; ".join(f"qcell-nb retry {args.run} --stage {name}" for name in stages))
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    try:
+        run_dir = find_run(args.run, args.runs_dir)
+        # Execution settings apply to the one stage retried, with or without a stage prefix.
+        execution = {k: v for values in parse_overrides(args.set or []).values() for k, v in values.items()}
+        outcome = retry_failures(run_dir, args.stage, notebooks_dir=args.notebooks, execution=execution,
+                                 log_output=args.verbose)
+    except (ParameterError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"qcell-nb: error: {exc}", file=sys.stderr)
+        return 2
+    if outcome.action == "failed":
+        return 1
+    if outcome.action == "retried":
+        print("later stages that read this one are recomputed by the next 'qcell-nb run'")
     return 0
 
 
@@ -62,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", help="run name or path")
     status.add_argument("--runs-dir")
     status.set_defaults(func=_cmd_status)
+    failures = sub.add_parser("failures", help="list failed items with their error text")
+    failures.add_argument("run", help="run name or path")
+    failures.add_argument("--stage", help="only this stage (default: all)")
+    failures.add_argument("--runs-dir")
+    failures.set_defaults(func=_cmd_failures)
+    retry = sub.add_parser("retry", help="recompute the failed items of a stage in place")
+    retry.add_argument("run", help="run name or path")
+    retry.add_argument("--stage", default="05_reference", help="stage whose failures to retry (default 05_reference)")
+    retry.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help=f"change how it runs: {', '.join(EXECUTION_PARAMETERS[1:4])} "
+                            "(e.g. --set executor=tcp://host:8786)")
+    retry.add_argument("--runs-dir")
+    retry.add_argument("--notebooks", help="notebook directory (default: the repository's notebooks/)")
+    retry.add_argument("-v", "--verbose", action="store_true", help="stream notebook output")
+    retry.set_defaults(func=_cmd_retry)
     return parser
 
 

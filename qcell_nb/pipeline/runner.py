@@ -13,10 +13,18 @@ from typing import Any
 import papermill
 
 from . import manifest as mf
+from ..store import clear_failures, read_failures
 from .parameters import RUN_PARAMETERS, declared_parameters, notebook_path, resolve_parameters
 from .stages import STAGES, Stage, get_stage, runs_root
 
 KERNEL = "python3"
+
+#: Parameters that say where and how a stage runs, not what it computes: they stay out of the
+#: fingerprint, so moving a run or switching from a local cluster to SLURM recomputes nothing.
+EXECUTION_PARAMETERS = ("run_dir", "executor", "n_workers", "threads_per_worker", "retries", "progress")
+
+#: Failure tables a stage leaves beside its datasets (see :class:`qcell_nb.store.Dataset`).
+FAILURE_TABLES = "*.failures.jsonl"
 
 
 def default_notebooks_dir() -> Path:
@@ -30,7 +38,7 @@ def default_notebooks_dir() -> Path:
 @dataclass
 class StageOutcome:
     stage: str
-    action: str  # "up to date", "ran", "resumed", "failed"
+    action: str  # "up to date", "ran", "resumed", "retried", "failed", "nothing to retry"
     seconds: float
     message: str = ""
 
@@ -57,24 +65,44 @@ def _supersede(stage_directory: Path, run_dir: Path) -> None:
         print(f"  outdated results moved to {target}", flush=True)
 
 
-def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks_dir: Path,
-              seed: int, force: bool = False, log_output: bool = False) -> StageOutcome:
-    """Run one stage unless its manifest says it is complete for the same fingerprint."""
-    start = time.time()
+def _stage_fingerprint(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks_dir: Path,
+                       seed: int) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(fingerprint, injected parameters, declared defaults, input digests) of a stage."""
     source = notebook_path(stage, notebooks_dir)
     declared = declared_parameters(stage, notebooks_dir)
     injected = dict(parameters)
     run_values = {"run_dir": str(run_dir.resolve()), "seed": seed}
     injected.update({k: v for k, v in run_values.items() if k in declared})
-    # run_dir is where, not what: it stays out of the fingerprint so a moved run stays up to date.
-    identity = {k: v for k, v in injected.items() if k != "run_dir"}
+    identity = {k: v for k, v in injected.items() if k not in EXECUTION_PARAMETERS}
     inputs = _input_digests(stage, run_dir)
+    return mf.fingerprint(mf.notebook_digest(source), identity, inputs), injected, declared, inputs
+
+
+def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks_dir: Path,
+              seed: int, force: bool = False, log_output: bool = False, retry: bool = False) -> StageOutcome:
+    """Run one stage unless its manifest says it is complete for the same fingerprint.
+
+    With ``retry`` a stage that ran with the same fingerprint runs again in
+    place even if complete: its notebook computes only what is missing
+    (the items that failed); nothing is superseded. A stage whose inputs or
+    parameters changed cannot be retried (``RuntimeError``).
+    """
+    start = time.time()
+    source = notebook_path(stage, notebooks_dir)
+    fp, injected, declared, inputs = _stage_fingerprint(stage, run_dir, parameters, notebooks_dir, seed)
     print_ = lambda text: print(text, flush=True)  # noqa: E731
-    fp = mf.fingerprint(mf.notebook_digest(source), identity, inputs)
     stage_directory = run_dir / stage.name
     previous = mf.read_manifest(stage_directory)
     action = "ran"
-    if previous is not None and previous.get("fingerprint") == fp and not force:
+    if retry:
+        if previous is None or previous.get("fingerprint") != fp:
+            raise RuntimeError(f"stage {stage.name} in {run_dir} cannot be retried: "
+                               + ("it has not run" if previous is None else
+                                  "its notebook, parameters or inputs changed since it ran")
+                               + "; use 'qcell-nb run' to (re)compute it")
+        action = "retried"
+        print_(f"[{stage.name}] retrying in place (status was {previous.get('status')!r})")
+    elif previous is not None and previous.get("fingerprint") == fp and not force:
         if previous.get("status") == "complete":
             print_(f"[{stage.name}] up to date ({previous.get('seconds', 0):.1f} s when it ran)")
             return StageOutcome(stage.name, "up to date", time.time() - start)
@@ -91,9 +119,11 @@ def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks
         "stage": stage.name, "title": stage.title, "notebook": stage.notebook,
         # Every parameter in effect (notebook defaults plus what was injected), for provenance.
         "status": "running", "fingerprint": fp, "parameters": {**declared, **injected},
+        # What was injected, so that a retry runs the notebook exactly as before.
+        "injected": {k: v for k, v in injected.items() if k != "run_dir"},
         "input_digests": inputs, "packages": mf.package_versions(),
         "python": sys.version.split()[0], "started": mf.now(), "attempts": (previous or {}).get("attempts", 0) + 1
-        if action == "resumed" else 1,
+        if action in ("resumed", "retried") else 1,
     }
     mf.write_manifest(stage_directory, manifest)
     executed = stage_directory / stage.notebook
@@ -151,3 +181,92 @@ def run_status(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
                      "counts": manifest.get("counts", {}), "seconds": manifest.get("seconds"),
                      "finished": manifest.get("finished")})
     return rows
+
+
+def find_run(run: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path:
+    """A run directory given as a path or a name under ``runs_dir`` (default :func:`runs_root`)."""
+    path = Path(run)
+    if path.is_dir():
+        return path
+    named = Path(runs_dir or runs_root()) / str(run)
+    if named.is_dir():
+        return named
+    raise FileNotFoundError(f"no run {str(run)!r} (looked in {path} and {named})")
+
+
+def stage_failures(run_dir: str | os.PathLike, stages: list[str] | None = None) -> list[dict[str, Any]]:
+    """Unresolved failed items of a run, in stage order.
+
+    Each entry is a failure-table entry (``sid``, ``name``, ``stage``,
+    ``error``, ``time``) plus ``table``, the failure file it came from.
+    Nothing is opened for writing.
+    """
+    chosen = STAGES if not stages else tuple(get_stage(name) for name in stages)
+    found = []
+    for stage in chosen:
+        for table in sorted((Path(run_dir) / stage.name).glob(FAILURE_TABLES)):
+            found.extend({**entry, "stage": entry.get("stage", stage.name), "table": str(table)}
+                         for entry in read_failures(table))
+    return found
+
+
+def retry_failures(run_dir: str | os.PathLike, stage: str = "05_reference",
+                   notebooks_dir: str | os.PathLike | None = None,
+                   execution: dict[str, Any] | None = None, log_output: bool = False) -> StageOutcome:
+    """Recompute the failed items of one stage, in place.
+
+    Clears the stage's recorded failures and runs its notebook again with
+    the parameters it ran with (from its manifest), so that exactly the items
+    missing from its dataset are computed; rows already there are not
+    touched. ``execution`` may change how it runs (``executor``,
+    ``n_workers``, ``retries``: see :data:`EXECUTION_PARAMETERS`), never what
+    it computes. Items that fail again are recorded again. Later stages read
+    the grown dataset and are recomputed by the next ``qcell-nb run``.
+
+    Raises
+    ------
+    RuntimeError
+        If the stage has not run, or its notebook, parameters or inputs
+        changed since (then ``qcell-nb run`` is what recomputes it).
+    ValueError
+        For an ``execution`` parameter that is not one, or that the stage lacks.
+    """
+    run_dir = Path(run_dir)
+    target = get_stage(stage)
+    notebooks = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
+    manifest = mf.read_manifest(run_dir / target.name)
+    if manifest is None:
+        raise RuntimeError(f"stage {target.name} has not run in {run_dir}: nothing to retry")
+    failed = stage_failures(run_dir, [target.name])
+    if not failed:
+        print(f"[{target.name}] no failed items recorded: nothing to retry", flush=True)
+        return StageOutcome(target.name, "nothing to retry", 0.0)
+    parameters = dict(manifest.get("injected", _injected_from(manifest, target, notebooks)))
+    seed = int(parameters.pop("seed", manifest.get("parameters", {}).get("seed", 0)) or 0)
+    for name, value in (execution or {}).items():
+        if name not in EXECUTION_PARAMETERS or name == "run_dir":
+            raise ValueError(f"retry can change how stage {target.name} runs ({', '.join(EXECUTION_PARAMETERS[1:])}), "
+                             f"not {name!r}; change it with 'qcell-nb run --set'")
+    if execution:
+        resolve_parameters("smoke", {target.name: dict(execution)}, notebooks, (target,))  # names and types
+        parameters.update(execution)
+    # Check before clearing anything: a stage that changed is recomputed by run, not retried.
+    fp = _stage_fingerprint(target, run_dir, parameters, notebooks, seed)[0]
+    if manifest.get("fingerprint") != fp:
+        raise RuntimeError(f"stage {target.name} in {run_dir} cannot be retried: its notebook, parameters or "
+                           "inputs changed since it ran; use 'qcell-nb run' to recompute it")
+    tables = sorted({entry["table"] for entry in failed})
+    cleared = sum(len(clear_failures(table)) for table in tables)
+    print(f"[{target.name}] {cleared} failed item(s) cleared for a retry", flush=True)
+    outcome = run_stage(target, run_dir, parameters, notebooks, seed, log_output=log_output, retry=True)
+    left = stage_failures(run_dir, [target.name])
+    outcome.message = f"{cleared} retried, {len(left)} still failing"
+    print(f"[{target.name}] {outcome.message}", flush=True)
+    return outcome
+
+
+def _injected_from(manifest: dict[str, Any], stage: Stage, notebooks: Path) -> dict[str, Any]:
+    """For manifests written before ``injected`` was recorded: the values that differ from the defaults."""
+    declared = declared_parameters(stage, notebooks)
+    return {k: v for k, v in manifest.get("parameters", {}).items()
+            if k != "run_dir" and (k in RUN_PARAMETERS or declared.get(k, object()) != v)}
