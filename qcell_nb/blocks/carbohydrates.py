@@ -53,6 +53,7 @@ __all__ = [
     "canonical_smiles",
     "mol_with_hydrogens",
     "molecule_from_smiles",
+    "sugar_residues",
 ]
 
 #: D-series Fischer configuration of the chain stereocentres, lowest-numbered
@@ -216,6 +217,73 @@ LIBRARY: dict[str, Monosaccharide] = _library()
 MONOSACCHARIDES: dict[str, str] = {name: entry.smiles for name, entry in LIBRARY.items()}
 
 
+def sugar_residues(mol: Chem.Mol) -> list[dict[int, int]]:
+    """Sugar carbon numbering of every monosaccharide residue in ``mol``.
+
+    A residue is a 5- or 6-membered ring of carbons and one oxygen. Its
+    anomeric carbon is the ring-O neighbour carrying an exocyclic O or N (the
+    hydroxyl of a free sugar, the glycosidic O, the N of an N-glycoside); it is
+    C2 when it also carries an exocyclic carbon (ketoses, sialic acid, whose C1
+    that carbon is) and C1 otherwise. Numbers run round the ring away from the
+    ring O and then along the exocyclic C-C chain of the last ring carbon
+    (C6 of a hexopyranose, C5-C6 of a hexofuranose, C7-C9 of Neu5Ac).
+
+    Parameters
+    ----------
+    mol:
+        RDKit molecule (with or without explicit H).
+
+    Returns
+    -------
+    list of dict
+        One mapping per residue: sugar carbon number -> atom index, plus key
+        ``0`` for the ring oxygen. Residues whose anomeric carbon cannot be
+        told apart are skipped.
+    """
+    residues = []
+    for ring in mol.GetRingInfo().AtomRings():
+        symbols = [mol.GetAtomWithIdx(i).GetSymbol() for i in ring]
+        if len(ring) not in (5, 6) or symbols.count("O") != 1 or symbols.count("C") != len(ring) - 1:
+            continue
+        ring_o = ring[symbols.index("O")]
+
+        def exocyclic(index: int, elements: tuple[str, ...]) -> list[int]:
+            return [n.GetIdx() for n in mol.GetAtomWithIdx(index).GetNeighbors()
+                    if n.GetSymbol() in elements and n.GetIdx() not in ring]
+
+        anomeric = [n.GetIdx() for n in mol.GetAtomWithIdx(ring_o).GetNeighbors()
+                    if n.GetIdx() in ring and exocyclic(n.GetIdx(), ("O", "N"))]
+        if len(anomeric) != 1:
+            continue
+        first = anomeric[0]
+        numbering = {0: ring_o}
+        number = 1
+        ketose_c1 = exocyclic(first, ("C",))
+        if ketose_c1:
+            numbering[1] = ketose_c1[0]
+            number = 2
+        previous, current = ring_o, first
+        while True:
+            numbering[number] = current
+            following = [n.GetIdx() for n in mol.GetAtomWithIdx(current).GetNeighbors()
+                         if n.GetIdx() in ring and n.GetIdx() not in (previous, ring_o)]
+            if not following:
+                break
+            previous, current, number = current, following[0], number + 1
+        # Exocyclic chain of the last ring carbon.
+        seen = set(numbering.values())
+        chain = exocyclic(current, ("C",))
+        while chain:
+            number += 1
+            current = chain[0]
+            numbering[number] = current
+            seen.add(current)
+            chain = [n.GetIdx() for n in mol.GetAtomWithIdx(current).GetNeighbors()
+                     if n.GetSymbol() == "C" and n.GetIdx() not in seen]
+        residues.append(numbering)
+    return residues
+
+
 def _parse(smiles: str) -> Chem.Mol:
     """RDKit molecule of ``smiles``; ValueError naming it if RDKit cannot parse it."""
     mol = Chem.MolFromSmiles(smiles)
@@ -340,7 +408,9 @@ def build_monosaccharide(name: str, seed: int = 0) -> Atoms:
     """
     if name not in MONOSACCHARIDES:
         raise ValueError(f"unknown monosaccharide {name!r}; known names: {', '.join(MONOSACCHARIDES)}")
-    return molecule_from_smiles(MONOSACCHARIDES[name], name=name, seed=seed, subset="carbohydrates")
+    atoms = molecule_from_smiles(MONOSACCHARIDES[name], name=name, seed=seed, subset="carbohydrates")
+    atoms.info["block_type"] = "monosaccharide"
+    return atoms
 
 
 def build_library(names: Iterable[str] | None = None, seed: int = 0) -> list[Atoms]:
