@@ -122,3 +122,82 @@ def test_bad_arguments():
         optimise(water, keep_frames=0)
     with pytest.raises(ValueError, match="fmax"):
         optimise(water, fmax=0)
+
+
+# --- GFN2-xTB + MBD and the common interface ---------------------------------------------------
+
+
+def water_dimer() -> Atoms:
+    from ase.collections import s22
+
+    dimer = s22["Water_dimer"]  # the S22 reference geometry
+    dimer.info.update(name="water dimer", charge=0, multiplicity=1)
+    return dimer
+
+
+def test_gfn2_mbd_energy_is_gfn2_without_d4_plus_mbd():
+    from qcell_nb.calculators.mbd import mbd_energy
+
+    dimer = water_dimer()
+    combined = tightbinding.tight_binding_calculator(dimer, mbd=True)
+    energy = combined.get_potential_energy(dimer)
+    bare = dimer.copy()
+    bare.calc = tightbinding.gfn2_calculator(dimer, dispersion=False)
+    e_bare = bare.get_potential_energy()
+    ratios = tightbinding.charge_population_ratios(dimer.numbers, bare.get_charges())
+    e_mbd = mbd_energy(dimer.positions, dimer.numbers, ratios, beta=tightbinding.TB_MBD_BETA)
+    assert energy == pytest.approx(e_bare + e_mbd, abs=1e-8)
+    assert combined.results["mbd_energy"] == pytest.approx(e_mbd, abs=1e-10)
+    np.testing.assert_allclose(combined.results["volume_ratios"], ratios)
+    # CPA ratios: H gave electrons away (ratio < 1), O gained (> 1)
+    assert np.all(ratios[dimer.numbers == 1] < 1) and np.all(ratios[dimer.numbers == 8] > 1)
+    # D4 really was removed: plain GFN2 is lower by its (attractive) D4 energy, tens of meV here
+    d4 = single_point_energy(dimer) - e_bare
+    assert -0.1 < d4 < -0.005
+    assert -0.2 < e_mbd < -0.005
+
+
+@pytest.mark.parametrize("ratios, tolerance", [("fixed", 2e-4), ("charges", 2e-3)])
+def test_gfn2_mbd_forces_match_finite_differences(ratios, tolerance):
+    # Fixed ratios: forces are the exact gradient (measured error 6e-5 eV/Å, the SCC noise at
+    # accuracy 0.01). CPA ratios follow the charges, whose geometry dependence the MBD forces
+    # neglect: measured 4e-4 eV/Å.
+    dimer = water_dimer()
+    mbd_ratios = np.where(dimer.numbers == 1, 0.6, 0.9) if ratios == "fixed" else "charges"
+
+    def calc():
+        return tightbinding.tight_binding_calculator(dimer, mbd=True, mbd_ratios=mbd_ratios, accuracy=0.01)
+
+    dimer.calc = calc()
+    forces = dimer.get_forces()
+    step = 1e-3
+    for i, k in [(0, 0), (1, 1), (4, 0), (5, 2)]:
+        energies = []
+        for sign in (1, -1):
+            shifted = dimer.copy()
+            shifted.positions[i, k] += sign * step
+            shifted.calc = calc()
+            energies.append(shifted.get_potential_energy())
+        assert forces[i, k] == pytest.approx(-(energies[0] - energies[1]) / (2 * step), abs=tolerance)
+
+
+def test_water_dimer_optimises_with_mbd():
+    dimer = water_dimer()
+    frames = optimise(dimer, fmax=0.01, steps=200, keep_frames=2, mbd=True)
+    final = frames[-1]
+    assert final.info["converged"] is True and final.info["xtb_fmax"] < 0.01
+    assert final.info["tb_method"] == "GFN2-xTB(-D4)+MBD@rsSCS"
+    assert frames[0].info["xtb_energy"] > final.info["xtb_energy"]
+    # hydrogen-bonded O...O distance (S22 reference 2.91 Å; GFN2 binds it a little tighter)
+    assert 2.75 < final.get_distance(0, 3) < 3.0
+    assert final.info["xtb_energy"] == pytest.approx(single_point_energy(final, mbd=True), abs=1e-6)
+
+
+def test_unknown_method_and_bad_ratios():
+    water = named("H2O", "water")
+    with pytest.raises(ValueError, match="'dftb2'"):
+        tightbinding.tight_binding_calculator(water, method="dftb2")
+    with pytest.raises(ValueError, match="'hirshfeld'"):
+        tightbinding.tight_binding_calculator(water, mbd=True, mbd_ratios="hirshfeld")
+    with pytest.raises(ValueError, match="shape"):
+        tightbinding.charge_population_ratios([8, 1, 1], [0.1, 0.2])
