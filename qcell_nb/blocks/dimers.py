@@ -300,7 +300,8 @@ def generate_dimers(pairs: Sequence[tuple[str, str]], n_orientations: int = 4,
 
 
 def plot_distance_coverage(dimers: Sequence[Atoms], path=None):
-    """Histogram of the closest intermolecular atom distance (Å) and of the scan factors.
+    """Coverage of the scans: histogram of the closest A-B atom distance (Å), and that distance
+    against the scan factor (one point per dimer).
 
     Saves to ``path`` when given; returns the matplotlib figure.
     """
@@ -316,8 +317,9 @@ def plot_distance_coverage(dimers: Sequence[Atoms], path=None):
     left.hist(closest, bins=30)
     left.set_xlabel("closest A-B atom distance (Å)")
     left.set_ylabel("dimers")
-    right.hist(factors, bins=np.unique(factors).size or 1)
+    right.scatter(factors, closest, s=8, alpha=0.6)
     right.set_xlabel("scan factor (x contact distance)")
+    right.set_ylabel("closest A-B atom distance (Å)")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

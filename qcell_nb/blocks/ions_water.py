@@ -18,8 +18,27 @@ dielectric constant far better than TIP3P; ion parameters fitted for another wat
 (Joung-Cheatham for TIP3P/TIP4P-Ew) would be mismatched. A plain 12-6 Lennard-Jones ion has
 no ion-induced polarisation, so a divalent ion cannot get both its hydration free energy and
 its ion-oxygen distance right at once; the CM set trades one against the other (the 12-6-4
-model that fixes this is not shipped with OpenMM). The measured first-peak positions of
-this setup against experiment are in the module's tests and in the project notes.
+model that fixes this is not shipped with OpenMM).
+
+First-peak positions (Å) measured with :func:`sample_ion_boxes` (20 Å box, NVT 300 K, 2 fs,
+2 ps equilibration + 12 ps production, 120 frames, 0.05 Å bins) against experiment
+(``ion_water_rdf.json``):
+
+=======  ==========  ========================  ==================
+pair     experiment  OPC + Li/Merz (default)   TIP4P-Ew + JC/LM
+=======  ==========  ========================  ==================
+Na-O     2.43        2.43                      2.33
+K-O      2.81        2.78                      2.68
+Cl-O     3.16        3.43                      3.18
+Mg-O     2.09        2.03                      2.03
+Ca-O     2.43        2.48                      (see notes)
+O-O      2.80        2.83                      2.78
+=======  ==========  ========================  ==================
+
+OPC's HFE-set Cl- sits 0.27 Å too far from water (the HFE sets trade ion-oxygen distance for
+hydration free energy; the halides suffer most); the divalent CM ions are 0.06 Å short (Mg)
+and 0.05 Å long (Ca). ``water_model="tip4pew"`` gives the better Cl- shell but shorter
+cation shells.
 
 Clusters are carved under the minimum-image convention from frames written with molecules
 kept whole, so every water in a cluster is intact.
@@ -27,14 +46,16 @@ kept whole, so every water in a cluster is intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openmm
 from ase import Atoms
 from ase.geometry import find_mic
 from openmm import app, unit
@@ -46,6 +67,8 @@ __all__ = [
     "ION_NAMES",
     "ION_WATER_FORCEFIELD",
     "Ion",
+    "WATER_MODELS",
+    "WaterModel",
     "build_ion",
     "build_ions",
     "carve_clusters",
@@ -78,10 +101,32 @@ IONS: dict[str, Ion] = {
 }
 ION_NAMES: tuple[str, ...] = tuple(IONS)
 
-#: OpenMM force field file of the water model and its matched Li/Merz 12-6 ions.
-ION_WATER_FORCEFIELD = "amber14/opc.xml"
-#: ``Modeller.addSolvent`` model whose pre-equilibrated box is used for OPC (both four-site).
-_SOLVENT_BOX_MODEL = "tip4pew"
+@dataclass(frozen=True)
+class WaterModel:
+    """A water model with the ion parameters fitted for it, as OpenMM ships them.
+
+    ``forcefield`` is the OpenMM force field file (water and ions); ``solvent_box`` the
+    ``Modeller.addSolvent`` model whose pre-equilibrated box has the right number of sites
+    (OPC has none of its own and uses the four-site TIP4P-Ew box).
+    """
+
+    name: str
+    forcefield: str
+    solvent_box: str
+    ion_model: str
+
+
+#: Water models with matched ions. ``"opc"`` is the default (see the module docstring); the
+#: others are there to compare against.
+WATER_MODELS: dict[str, WaterModel] = {
+    "opc": WaterModel("OPC", "amber14/opc.xml", "tip4pew", "Li/Merz 12-6 for OPC (HFE monovalent, CM divalent)"),
+    "tip4pew": WaterModel("TIP4P-Ew", "amber14/tip4pew.xml", "tip4pew",
+                          "Joung-Cheatham (monovalent), Li/Merz 12-6 (divalent) for TIP4P-Ew"),
+    "tip3p": WaterModel("TIP3P", "amber14/tip3p.xml", "tip3p",
+                        "Joung-Cheatham (monovalent), Li/Merz 12-6 (divalent) for TIP3P"),
+}
+#: The default: OPC with its Li/Merz 12-6 ions.
+ION_WATER_FORCEFIELD = WATER_MODELS["opc"].forcefield
 #: Å, OpenMM's PME direct-space cutoff; the box edge must be at least twice this.
 NONBONDED_CUTOFF = 9.0
 _WATER_RESIDUES = ("HOH", "WAT")
@@ -131,8 +176,26 @@ def _strip_virtual_sites(trajectory: Trajectory) -> Trajectory:
                       cells=trajectory.cells, potential_energy=trajectory.potential_energy, time=trajectory.time)
 
 
+@contextlib.contextmanager
+def _deterministic_cpu_forces() -> Iterator[None]:
+    """Make OpenMM's CPU platform sum forces in a fixed order while the block runs.
+
+    Without it two runs with the same seed drift apart (0.006 Å after minimisation, about 1 Å
+    after 150 steps), so the frames, and every cluster carved from them, would change from run
+    to run. :func:`qcell_nb.md.simulate` does not set the platform property itself, so its
+    default is switched for the duration and restored afterwards.
+    """
+    platform = openmm.Platform.getPlatformByName("CPU")
+    previous = platform.getPropertyDefaultValue("DeterministicForces")
+    platform.setPropertyDefaultValue("DeterministicForces", "true")
+    try:
+        yield
+    finally:
+        platform.setPropertyDefaultValue("DeterministicForces", previous)
+
+
 def sample_ion_boxes(ions: Sequence[Atoms], box_size: float = 20.0, settings: MDSettings | None = None,
-                     seed: int = 0) -> list[Atoms]:
+                     seed: int = 0, water_model: str = "opc") -> list[Atoms]:
     """Stage 02: MD of each ion alone in a cubic OPC water box; one :class:`ase.Atoms` per saved frame.
 
     The box is not neutralised: one ion with PME's uniform neutralising background keeps the
@@ -146,6 +209,10 @@ def sample_ion_boxes(ions: Sequence[Atoms], box_size: float = 20.0, settings: MD
         settings: the MD protocol (default :class:`MDSettings`); its seed is replaced by
             ``seed + index of the ion`` so each ion's run is reproducible on its own.
         seed: base seed.
+        water_model: a key of :data:`WATER_MODELS`.
+
+    Runs are reproducible bit for bit under the same seed and thread count (OpenMM's CPU
+    platform with deterministic force summation).
 
     Returns:
         Frames with ``pbc=True`` and the cell, atoms ion first then waters (O, H, H each; no
@@ -155,8 +222,11 @@ def sample_ion_boxes(ions: Sequence[Atoms], box_size: float = 20.0, settings: MD
     """
     if box_size < 2 * NONBONDED_CUTOFF:
         raise ValueError(f"box_size={box_size} Å: must be at least twice the {NONBONDED_CUTOFF} Å cutoff")
+    if water_model not in WATER_MODELS:
+        raise ValueError(f"unknown water model {water_model!r}; known: {', '.join(WATER_MODELS)}")
+    model = WATER_MODELS[water_model]
     settings = settings or MDSettings()
-    forcefield = app.ForceField(ION_WATER_FORCEFIELD)
+    forcefield = app.ForceField(model.forcefield)
     frames: list[Atoms] = []
     for index, block in enumerate(ions):
         ion = _ion(str(block.info.get("name")))
@@ -164,13 +234,14 @@ def sample_ion_boxes(ions: Sequence[Atoms], box_size: float = 20.0, settings: MD
         residue = topology.addResidue(ion.residue, topology.addChain())
         topology.addAtom(ion.residue, app.Element.getBySymbol(ion.element), residue)
         solvated, positions = solvate(topology, np.zeros((1, 3)), forcefield, (box_size,) * 3,
-                                      neutralize=False, water_model=_SOLVENT_BOX_MODEL)
+                                      neutralize=False, water_model=model.solvent_box)
         system = forcefield.createSystem(solvated, nonbondedMethod=app.PME,
                                          nonbondedCutoff=NONBONDED_CUTOFF / 10.0 * unit.nanometer,
                                          constraints=app.HBonds, rigidWater=True)
-        trajectory = simulate(solvated, system, positions, replace(settings, seed=seed + index), name=ion.name)
+        with _deterministic_cpu_forces():
+            trajectory = simulate(solvated, system, positions, replace(settings, seed=seed + index), name=ion.name)
         info = {"name": ion.name, "subset": "ions_water", "charge": ion.charge, "multiplicity": 1,
-                "water_model": "OPC", "ion_model": "Li/Merz 12-6 (OPC)", "parent_id": structure_id(block)}
+                "water_model": model.name, "ion_model": model.ion_model, "parent_id": structure_id(block)}
         frames.extend(frames_to_atoms(_strip_virtual_sites(trajectory), info))
     return frames
 
@@ -386,7 +457,7 @@ def plot_rdfs(frames: Sequence[Atoms], reference_path: str | os.PathLike | None 
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.0), squeeze=False)
     for axis, pair in zip(axes[0], pairs):
         entry = rdfs[pair]
-        axis.plot(entry["r"], entry["g"], label=f"OPC/Li-Merz: {entry['r_peak']:.2f} Å")
+        axis.plot(entry["r"], entry["g"], label=f"MD: {entry['r_peak']:.2f} Å")
         if pair in reference:
             axis.axvline(reference[pair]["r_peak"], color="k", linestyle="--",
                          label=f"experiment: {reference[pair]['r_peak']:.2f} Å")
