@@ -1,11 +1,19 @@
 """Representative conformers by k-means clustering on torsion angles (stage 03).
 
-A conformer is described by its ring torsions (pucker) and exocyclic torsions
-(CH2OH rotamers, hydroxyl H orientations, amide groups), each mapped to
-``(sin, cos)`` so that -179° and 179° are neighbours. Per block (structures
-sharing ``info['name']``), k-means picks ``k`` clusters and the member nearest
-each centre represents it. For disaccharides, the glycosidic phi/psi (or any
-other) torsions can be passed explicitly as atom indices.
+A conformer is described by torsion angles, each mapped to ``(sin, cos)`` so
+that -179° and 179° are neighbours. Per block (structures sharing
+``info['name']``), k-means picks ``k`` clusters and the member nearest each
+centre represents it. Which torsions depends on the block:
+
+- a monosaccharide (no glycosidic bond): its ring torsions (pucker) and
+  exocyclic torsions (CH2OH rotamers, hydroxyl H orientations, amide groups),
+  :func:`dihedral_indices`;
+- a disaccharide or glycopeptide: the glycosidic torsions of
+  :func:`glycosidic_dihedral_indices` (phi, psi, omega for 1-6 links; for a
+  glycopeptide also the residue's chi1, chi2 and backbone phi/psi), which set
+  the relative placement of the two parts.
+
+Explicit atom indices override both.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ import numpy as np
 from ase import Atoms
 from rdkit import Chem
 
-__all__ = ["dihedral_features", "dihedral_indices", "plot_dihedral_coverage", "select_representatives"]
+from .blocks.carbohydrates import sugar_residues
+
+__all__ = ["block_dihedral_indices", "dihedral_features", "dihedral_indices", "glycosidic_dihedral_indices",
+           "plot_dihedral_coverage", "plot_glycosidic_coverage", "select_representatives"]
 
 #: k-means restarts; fixed so a seed fully determines the selection.
 N_INIT = 10
@@ -94,6 +105,154 @@ def dihedral_indices(smiles: str) -> np.ndarray:
     return np.asarray(torsions, dtype=int).reshape(-1, 4)
 
 
+def _parse_with_h(structure: Atoms | str) -> Chem.Mol:
+    smiles = structure if isinstance(structure, str) else structure.info.get("smiles")
+    if not smiles:
+        raise ValueError(f"structure {structure.info.get('name', '?')!r} has no info['smiles']")
+    parsed = Chem.MolFromSmiles(smiles)
+    if parsed is None:
+        raise ValueError(f"unparsable SMILES {smiles!r}")
+    return Chem.AddHs(parsed)
+
+
+#: Capped amino-acid backbone C(=O)-N-CA(H)-C(=O)-N: Ace C, O, N, CA, C, O, N.
+_BACKBONE = Chem.MolFromSmarts("[CX3](=O)[NX3][CX4H1][CX3](=O)[NX3]")
+
+
+def _residue_torsions(mol: Chem.Mol, linked: int) -> dict[str, tuple[int, int, int, int]]:
+    """chi1, chi2 (Asn) and backbone phi/psi of the residue whose side chain holds atom ``linked``."""
+    torsions: dict[str, tuple[int, int, int, int]] = {}
+    for c_prev, _, n, ca, c, _, n_next in mol.GetSubstructMatches(_BACKBONE):
+        beta = [a for a in mol.GetAtomWithIdx(ca).GetNeighbors() if a.GetIdx() not in (n, c) and a.GetAtomicNum() > 1]
+        if not beta:
+            continue
+        cb = beta[0]
+        gammas = sorted((a for a in cb.GetNeighbors() if a.GetIdx() != ca and a.GetAtomicNum() > 1),
+                        key=lambda a: (a.GetIdx() != linked, -a.GetAtomicNum(), a.GetIdx()))
+        if not gammas:
+            continue
+        gamma = gammas[0]
+        if gamma.GetIdx() != linked and not mol.GetBondBetweenAtoms(gamma.GetIdx(), linked):
+            continue  # the sugar is not on this residue
+        torsions["chi1"] = (n, ca, cb.GetIdx(), gamma.GetIdx())
+        if gamma.GetIdx() != linked:
+            torsions["chi2"] = (ca, cb.GetIdx(), gamma.GetIdx(), linked)
+        torsions["phi_bb"] = (c_prev, n, ca, c)
+        torsions["psi_bb"] = (n, ca, c, n_next)
+        break
+    return torsions
+
+
+def glycosidic_dihedral_indices(structure: Atoms | str) -> dict[str, tuple[int, int, int, int]]:
+    """Glycosidic torsions of a disaccharide or glycopeptide, by name.
+
+    Definitions (IUPAC-IUBMB style, heavy atoms only; donor atoms unprimed,
+    acceptor atoms primed, X the glycosidic O or N, x the acceptor position):
+
+    - ``phi = O5-C1-X-C'x`` (``O6-C2-X-C'x`` for a ketose or sialic-acid donor:
+      the donor's ring O and anomeric carbon);
+    - ``psi = C1-X-C'x-C'(x-1)``; for x = 1 (a 1-1 link) ``C'(x-1)`` is the
+      acceptor's ring O, for a ketose acceptor at C2 (sucrose) its C1;
+    - ``omega = O5'-C5'-C6'-O6'`` for a link to an exocyclic CH2 (1-6);
+    - glycopeptides: ``phi = O5-C1-ND2-CG`` / ``O5-C1-OG-CB``,
+      ``psi = C1-ND2-CG-CB`` / ``C1-OG-CB-CA``, plus the residue's
+      ``chi1 = N-CA-CB-XG``, ``chi2 = CA-CB-CG-ND2`` (Asn) and backbone
+      ``phi_bb = C-N-CA-C``, ``psi_bb = N-CA-C-N``.
+
+    When both ends of the link are anomeric (trehalose, sucrose) the donor is
+    the aldose end (its anomeric carbon has an H), else the lower atom index.
+    With several links the names get suffixes ``_1``, ``_2``, ... in order of
+    the donor's anomeric carbon.
+
+    Parameters
+    ----------
+    structure:
+        Atoms with ``info['smiles']`` (the atom-order contract of
+        :mod:`qcell_nb.structures`) or a SMILES string.
+
+    Returns
+    -------
+    dict
+        Name -> atom indices ``(a, b, c, d)`` into the ``AddHs`` atom order;
+        empty for a molecule without a glycosidic bond.
+
+    Raises
+    ------
+    ValueError
+        If there is no SMILES or it cannot be parsed.
+    """
+    mol = _parse_with_h(structure)
+    residues = sugar_residues(mol)
+    position = {atom: (r, number) for r, numbering in enumerate(residues) for number, atom in numbering.items()}
+    ring_atoms = {atom for atom in range(mol.GetNumAtoms()) if mol.GetAtomWithIdx(atom).IsInRing()}
+    links: dict[int, list[tuple[bool, int, int, int]]] = {}
+    for r, numbering in enumerate(residues):
+        anomeric = numbering[1] if mol.GetBondBetweenAtoms(numbering[0], numbering[1]) else numbering[2]
+        for linker in mol.GetAtomWithIdx(anomeric).GetNeighbors():
+            heavy = [a.GetIdx() for a in linker.GetNeighbors() if a.GetAtomicNum() > 1 and a.GetIdx() != anomeric]
+            if linker.GetSymbol() in ("O", "N") and linker.GetIdx() not in ring_atoms and len(heavy) == 1:
+                is_ketose = mol.GetAtomWithIdx(anomeric).GetTotalNumHs(includeNeighbors=True) == 0
+                links.setdefault(linker.GetIdx(), []).append((is_ketose, anomeric, r, heavy[0]))
+    chosen = sorted(min(candidates) for candidates in links.values())
+    chosen.sort(key=lambda link: link[1])
+    torsions: dict[str, tuple[int, int, int, int]] = {}
+    for k, (_, anomeric, r, far) in enumerate(chosen):
+        linker = next(x for x, candidates in links.items() if any(c[1] == anomeric for c in candidates))
+        suffix = "" if len(chosen) == 1 else f"_{k + 1}"
+        torsions["phi" + suffix] = (residues[r][0], anomeric, linker, far)
+        if far in position:
+            r_acceptor, number = position[far]
+            numbering = residues[r_acceptor]
+            torsions["psi" + suffix] = (anomeric, linker, far, numbering[number - 1])
+            previous = numbering[number - 1]
+            if far not in ring_atoms and mol.GetBondBetweenAtoms(previous, numbering[0]):
+                torsions["omega" + suffix] = (numbering[0], previous, far, linker)
+        else:
+            neighbours = sorted((a for a in mol.GetAtomWithIdx(far).GetNeighbors()
+                                 if a.GetAtomicNum() > 1 and a.GetIdx() != linker),
+                                key=lambda a: (-sum(n.GetAtomicNum() > 1 for n in a.GetNeighbors()), a.GetIdx()))
+            if neighbours:  # a methyl aglycone has no psi
+                torsions["psi" + suffix] = (anomeric, linker, far, neighbours[0].GetIdx())
+            torsions.update({name + suffix: value for name, value in _residue_torsions(mol, linker).items()})
+    return torsions
+
+
+def block_dihedral_indices(structure: Atoms | str, torsions: str = "auto") -> np.ndarray:
+    """Torsions used to cluster one block's conformers.
+
+    Parameters
+    ----------
+    structure:
+        Atoms with ``info['smiles']`` or a SMILES string.
+    torsions:
+        ``"auto"``: glycosidic torsions when the molecule has a glycosidic
+        bond, else :func:`dihedral_indices`; ``"all"``: always
+        :func:`dihedral_indices`; ``"glycosidic"``: always the glycosidic ones.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_dihedrals, 4), int
+
+    Raises
+    ------
+    ValueError
+        Unknown ``torsions`` mode, missing SMILES, or ``"glycosidic"`` for a
+        molecule without a glycosidic bond.
+    """
+    if torsions not in ("auto", "all", "glycosidic"):
+        raise ValueError(f"torsions must be 'auto', 'all' or 'glycosidic', got {torsions!r}")
+    smiles = structure if isinstance(structure, str) else structure.info.get("smiles")
+    if not smiles:
+        raise ValueError(f"structure {structure.info.get('name', '?')!r} has no info['smiles']; "
+                         "pass the torsion indices explicitly")
+    glycosidic = {} if torsions == "all" else glycosidic_dihedral_indices(smiles)
+    if torsions == "glycosidic" and not glycosidic:
+        raise ValueError(f"SMILES {smiles!r} has no glycosidic bond")
+    if glycosidic:
+        return np.asarray(list(glycosidic.values()), dtype=int).reshape(-1, 4)
+    return dihedral_indices(smiles)
+
+
 def dihedral_features(atoms_list: Sequence[Atoms], indices: IndexSpec | None = None) -> np.ndarray:
     """``(sin, cos)`` of torsion angles for each structure.
 
@@ -141,7 +300,8 @@ def _energy(atoms: Atoms) -> float:
 
 
 def select_representatives(structures: Sequence[Atoms], n_per_block: int, seed: int = 0,
-                           indices: IndexSpec | Mapping[str, IndexSpec] | None = None) -> list[Atoms]:
+                           indices: IndexSpec | Mapping[str, IndexSpec] | None = None,
+                           torsions: str = "auto") -> list[Atoms]:
     """Pick up to ``n_per_block`` representative conformers of each block.
 
     Parameters
@@ -155,9 +315,13 @@ def select_representatives(structures: Sequence[Atoms], n_per_block: int, seed: 
         ``random_state`` of k-means (with a fixed ``n_init``); the same seed
         gives the same selection.
     indices:
-        Torsions to cluster on instead of :func:`dihedral_indices`: one array
+        Torsions to cluster on instead of the default: one array
         (n_dihedrals, 4) for every block, or a mapping from block name to one
         (blocks not in it use the default).
+    torsions:
+        Default torsions per block, see :func:`block_dihedral_indices`:
+        ``"auto"`` (glycosidic torsions for disaccharides and glycopeptides,
+        ring and exocyclic torsions otherwise), ``"all"`` or ``"glycosidic"``.
 
     Returns
     -------
@@ -175,6 +339,8 @@ def select_representatives(structures: Sequence[Atoms], n_per_block: int, seed: 
     """
     if n_per_block < 1:
         raise ValueError(f"n_per_block must be at least 1, got {n_per_block}")
+    if torsions not in ("auto", "all", "glycosidic"):
+        raise ValueError(f"torsions must be 'auto', 'all' or 'glycosidic', got {torsions!r}")
     blocks: dict[str, list[int]] = {}
     for position, atoms in enumerate(structures):
         name = atoms.info.get("name")
@@ -186,6 +352,8 @@ def select_representatives(structures: Sequence[Atoms], n_per_block: int, seed: 
     for name, members in blocks.items():
         group = [structures[i] for i in members]
         block_indices = indices.get(name) if isinstance(indices, Mapping) else indices
+        if block_indices is None:
+            block_indices = block_dihedral_indices(group[0], torsions)
         features = dihedral_features(group, block_indices)
         energies = np.array([_energy(atoms) for atoms in group])
         k = min(n_per_block, len(group))
@@ -239,6 +407,50 @@ def plot_dihedral_coverage(candidates: Sequence[Atoms], selected: Sequence[Atoms
         ax.set_ylabel("angle (°)")
         ax.set_title(name, fontsize=9)
     axes[-1, 0].set_xlabel("torsion (index into dihedral_indices; ring torsions sit near ±60°)")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_glycosidic_coverage(candidates: Sequence[Atoms], selected: Sequence[Atoms], path=None):
+    """phi/psi map per disaccharide or glycopeptide: candidates (grey), selected (red).
+
+    One panel per block that has a glycosidic bond (:func:`glycosidic_dihedral_indices`;
+    the first link's phi and psi), angles in degrees in [-180, 180). Blocks
+    without one are skipped; with none at all the figure says so. Saved to
+    ``path`` if given; returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(atoms.info["name"] for atoms in candidates))
+    tables = {}
+    for name in names:
+        first = next(atoms for atoms in candidates if atoms.info["name"] == name)
+        torsions = glycosidic_dihedral_indices(first)
+        if torsions:
+            keys = [key for key in torsions if key.startswith(("phi", "psi")) and not key.endswith("_bb")][:2]
+            tables[name] = (keys, np.asarray([torsions[key] for key in keys]))
+    columns = min(3, max(1, len(tables)))
+    rows = max(1, -(-len(tables) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[len(tables):]:
+        ax.axis("off")
+    if not tables:
+        axes[0, 0].text(0.5, 0.5, "no disaccharides or glycopeptides", ha="center", va="center")
+    for ax, (name, (keys, table)) in zip(axes.ravel(), tables.items()):
+        for group, style in (([a for a in candidates if a.info["name"] == name], dict(c="0.6", s=12)),
+                             ([a for a in selected if a.info["name"] == name], dict(c="tab:red", s=30))):
+            if group:
+                angles = (np.array([atoms.get_dihedrals(table) for atoms in group]) + 180.0) % 360.0 - 180.0
+                ax.scatter(angles[:, 0], angles[:, 1], **style)
+        ax.set_xlim(-180, 180)
+        ax.set_ylim(-180, 180)
+        ax.set_xticks([-180, -90, 0, 90, 180])
+        ax.set_yticks([-180, -90, 0, 90, 180])
+        ax.set_xlabel(f"{keys[0]} (°)")
+        ax.set_ylabel(f"{keys[1]} (°)")
+        ax.set_title(name, fontsize=8)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -8,7 +8,8 @@ from rdkit import Chem
 
 from qcell_nb.blocks import build_monosaccharide
 from qcell_nb.sampling import conformer_search
-from qcell_nb.selection import dihedral_features, dihedral_indices, select_representatives
+from qcell_nb.selection import (block_dihedral_indices, dihedral_features, dihedral_indices,
+                                glycosidic_dihedral_indices, plot_glycosidic_coverage, select_representatives)
 
 pytest.importorskip("tblite")
 
@@ -100,3 +101,88 @@ def test_bad_selection_arguments(conformers):
     nameless.info = {}
     with pytest.raises(ValueError, match="name"):
         select_representatives([nameless], n_per_block=1, seed=0)
+
+
+# --- disaccharides and glycopeptides: glycosidic torsions -------------------------------------------------------
+
+def torsion_atoms(smiles: str, torsions: dict) -> dict[str, list[tuple[str, bool, int]]]:
+    """Per torsion: (element, in ring, sugar-carbon-like H count) of each atom, to check definitions."""
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    for name, row in torsions.items():  # consecutive atoms bonded
+        for first, second in zip(row[:-1], row[1:]):
+            assert mol.GetBondBetweenAtoms(int(first), int(second)) is not None, name
+    return {name: "".join(mol.GetAtomWithIdx(int(i)).GetSymbol() for i in row) for name, row in torsions.items()}
+
+
+def test_glycosidic_definitions():
+    from qcell_nb.blocks.glycans import DISACCHARIDES, GLYCOPEPTIDES, disaccharide_smiles, glycopeptide_smiles
+
+    def smiles(name):
+        if name in DISACCHARIDES:
+            return Chem.MolToSmiles(Chem.MolFromSmiles(disaccharide_smiles(*DISACCHARIDES[name], anomer=None)))
+        return Chem.MolToSmiles(Chem.MolFromSmiles(glycopeptide_smiles(*GLYCOPEPTIDES[name])))
+
+    cellobiose = glycosidic_dihedral_indices(smiles("cellobiose"))
+    assert torsion_atoms(smiles("cellobiose"), cellobiose) == {"phi": "OCOC", "psi": "COCC"}
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles("cellobiose")))
+    o5, c1, o4, c4 = cellobiose["phi"]
+    assert mol.GetAtomWithIdx(o5).IsInRing() and not mol.GetAtomWithIdx(o4).IsInRing()
+    assert cellobiose["psi"][:3] == (c1, o4, c4) and mol.GetAtomWithIdx(cellobiose["psi"][3]).IsInRing()
+    isomaltose = glycosidic_dihedral_indices(smiles("isomaltose"))
+    assert torsion_atoms(smiles("isomaltose"), isomaltose) == {"phi": "OCOC", "psi": "COCC", "omega": "OCCO"}
+    assert isomaltose["omega"][3] == isomaltose["phi"][2]  # omega ends on the glycosidic O6
+    # 1-1: psi ends on the acceptor's ring O; sucrose: the aldose (Glc) is the donor, psi ends on Fru C1.
+    assert torsion_atoms(smiles("trehalose"), glycosidic_dihedral_indices(smiles("trehalose")))["psi"] == "COCO"
+    sucrose = glycosidic_dihedral_indices(smiles("sucrose"))
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles("sucrose")))
+    assert mol.GetAtomWithIdx(sucrose["phi"][1]).GetTotalNumHs(includeNeighbors=True) == 1
+    assert torsion_atoms(smiles("sucrose"), sucrose)["psi"] == "COCC"
+    assert not mol.GetAtomWithIdx(sucrose["psi"][3]).IsInRing()
+    asn = glycosidic_dihedral_indices(smiles("GlcNAc-beta-Asn"))
+    assert torsion_atoms(smiles("GlcNAc-beta-Asn"), asn) == {"phi": "OCNC", "psi": "CNCC", "chi1": "NCCC",
+                                                             "chi2": "CCCN", "phi_bb": "CNCC", "psi_bb": "NCCN"}
+    thr = glycosidic_dihedral_indices(smiles("GalNAc-alpha-Thr"))
+    assert torsion_atoms(smiles("GalNAc-alpha-Thr"), thr) == {"phi": "OCOC", "psi": "COCC", "chi1": "NCCO",
+                                                              "phi_bb": "CNCC", "psi_bb": "NCCN"}
+    # psi of Thr runs to CA (three heavy neighbours), not to the methyl.
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles("GalNAc-alpha-Thr")))
+    assert mol.GetAtomWithIdx(thr["psi"][3]).GetDegree() == 4 and thr["psi"][3] == thr["chi1"][1]
+    # Monosaccharides have none; a methyl glycoside has one.
+    assert glycosidic_dihedral_indices(glucose_smiles := Chem.MolToSmiles(Chem.MolFromSmiles(
+        "OC[C@H]1O[C@@H](O)[C@H](O)[C@@H](O)[C@@H]1O"))) == {}
+    assert block_dihedral_indices(glucose_smiles).shape == (12, 4)
+    assert set(glycosidic_dihedral_indices("CO[C@@H]1O[C@H](CO)[C@@H](O)[C@H](O)[C@H]1O")) == {"phi"}
+    with pytest.raises(ValueError, match="no glycosidic bond"):
+        block_dihedral_indices(glucose_smiles, torsions="glycosidic")
+    with pytest.raises(ValueError, match="torsions"):
+        block_dihedral_indices(glucose_smiles, torsions="phi")
+
+
+@pytest.fixture(scope="module")
+def cellobiose_conformers():
+    from qcell_nb.blocks.glycans import build_named_disaccharide
+
+    return conformer_search(build_named_disaccharide("cellobiose"), n_embed=8, seed=0, rmsd_atoms="heavy+polar_h")
+
+
+def test_disaccharide_selection_clusters_on_phi_psi(cellobiose_conformers, tmp_path):
+    group = cellobiose_conformers
+    assert len(group) >= 3
+    table = block_dihedral_indices(group[0])
+    np.testing.assert_array_equal(table, np.asarray(list(glycosidic_dihedral_indices(group[0]).values())))
+    chosen = select_representatives(group, n_per_block=2, seed=0)
+    again = select_representatives(group, n_per_block=2, seed=0)
+    assert [c.info["conformer"] for c in chosen] == [c.info["conformer"] for c in again]
+    assert len(chosen) == 2 and sum(c.info["cluster_size"] for c in chosen) == len(group)
+    # Same clusters as k-means on the phi/psi features passed explicitly.
+    explicit = select_representatives(group, n_per_block=2, seed=0, indices=table)
+    assert [c.info["conformer"] for c in explicit] == [c.info["conformer"] for c in chosen]
+    # "all" clusters on every torsion instead: a different feature space.
+    assert dihedral_features(group, block_dihedral_indices(group[0], "all")).shape[1] > 2 * len(table)
+    select_representatives(group, n_per_block=2, seed=0, torsions="all")
+    with pytest.raises(ValueError, match="torsions"):
+        select_representatives(group, n_per_block=2, torsions="everything")
+    figure = plot_glycosidic_coverage(group, chosen, tmp_path / "phi_psi.png")
+    assert (tmp_path / "phi_psi.png").stat().st_size > 0
+    assert figure.axes[0].get_xlabel().startswith("phi")
+    assert plot_glycosidic_coverage([group[0].copy()], [], None) is not None
