@@ -7,7 +7,8 @@ import pytest
 
 from qcell_nb.blocks.dimers import (
     ION_RADII, MONOMERS, build_monomer, build_monomers, contact_distance, contact_radii,
-    dimer_orientations, distance_scan, generate_dimers, plot_distance_coverage, random_pairs,
+    dimer_orientations, distance_scan, distance_scans, generate_dimers, pair_orientations,
+    plot_distance_coverage, random_pairs,
 )
 from qcell_nb.structures import structure_id
 
@@ -85,3 +86,15 @@ def test_bad_inputs_are_named():
         distance_scan(water)
     with pytest.raises(ValueError, match="n_pairs=100"):
         random_pairs(["water", "methanol"], 100)
+
+
+def test_stagewise_api_matches_generate_dimers():
+    pairs = [("water", "methanol"), ("methanol", "Cl-")]
+    monomers = build_monomers(["water", "methanol", "Cl-"], seed=4)
+    orientations = pair_orientations(monomers, pairs, n_orientations=2, seed=4)
+    assert len(orientations) == 4 and all(o.info["scan_factor"] == 1.0 for o in orientations)
+    staged = distance_scans(orientations, (0.8, 2.0))
+    direct = generate_dimers(pairs, n_orientations=2, factors=(0.8, 2.0), seed=4)
+    assert [structure_id(d) for d in staged] == [structure_id(d) for d in direct]
+    with pytest.raises(ValueError, match=r"monomer\(s\) \['benzene'\] that were not built"):
+        pair_orientations(monomers, [("water", "benzene")])

@@ -42,6 +42,8 @@ __all__ = [
     "contact_radii",
     "dimer_orientations",
     "distance_scan",
+    "distance_scans",
+    "pair_orientations",
     "generate_dimers",
     "plot_distance_coverage",
     "random_pairs",
@@ -279,24 +281,44 @@ def random_pairs(names: Sequence[str], n_pairs: int, seed: int = 0) -> list[tupl
     return [candidates[i] for i in sorted(chosen)]
 
 
+def pair_orientations(monomers: Sequence[Atoms], pairs: Sequence[tuple[str, str]], n_orientations: int = 4,
+                      seed: int = 0) -> list[Atoms]:
+    """Stage 02 for many pairs: :func:`dimer_orientations` of each pair of stage-01 monomers.
+
+    Monomers are looked up by ``info['name']``; pair ``k`` uses seed ``seed + k``, so adding
+    pairs at the end leaves the earlier orientations unchanged.
+
+    Raises:
+        ValueError: naming a pair member that is not among ``monomers``.
+    """
+    by_name = {str(m.info.get("name")): m for m in monomers}
+    missing = sorted({name for pair in pairs for name in pair if name not in by_name})
+    if missing:
+        raise ValueError(f"pairs name monomer(s) {missing} that were not built; built: {', '.join(by_name)}")
+    orientations = []
+    for k, (name_a, name_b) in enumerate(pairs):
+        orientations.extend(dimer_orientations(by_name[name_a], by_name[name_b], n_orientations, seed=seed + k))
+    return orientations
+
+
+def distance_scans(orientations: Sequence[Atoms], factors: Sequence[float] = DEFAULT_SCAN_FACTORS) -> list[Atoms]:
+    """Stage 03 for many orientations: :func:`distance_scan` of each, concatenated."""
+    return [scan for orientation in orientations for scan in distance_scan(orientation, factors)]
+
+
 def generate_dimers(pairs: Sequence[tuple[str, str]], n_orientations: int = 4,
                     factors: Sequence[float] = DEFAULT_SCAN_FACTORS, seed: int = 0,
                     library: Mapping[str, str] = MONOMERS) -> list[Atoms]:
-    """Monomers, orientations and scans of every pair: the whole dimer class in one call.
+    """Monomers, orientations and scans of every pair: stages 01-03 of the class in one call.
 
-    Every monomer is embedded once with ``seed``; pair ``k`` uses orientation seed
-    ``seed + k``, so adding pairs at the end leaves the earlier dimers unchanged.
+    Every monomer is embedded once with ``seed``; orientations as :func:`pair_orientations`.
 
     Returns:
         ``len(pairs) * n_orientations * len(factors)`` dimers (see :func:`distance_scan`).
     """
     names = sorted({name for pair in pairs for name in pair})
-    monomers = dict(zip(names, build_monomers(names, seed=seed, library=library)))
-    dimers = []
-    for k, (name_a, name_b) in enumerate(pairs):
-        for orientation in dimer_orientations(monomers[name_a], monomers[name_b], n_orientations, seed=seed + k):
-            dimers.extend(distance_scan(orientation, factors))
-    return dimers
+    monomers = build_monomers(names, seed=seed, library=library)
+    return distance_scans(pair_orientations(monomers, pairs, n_orientations, seed=seed), factors)
 
 
 def plot_distance_coverage(dimers: Sequence[Atoms], path=None):
