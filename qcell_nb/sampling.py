@@ -111,7 +111,7 @@ def _stereo_kept(template: Chem.Mol, positions: np.ndarray) -> bool:
 
 def conformer_search(atoms: Atoms, n_embed: int = 50, window_kcal: float = 12.0,
                      rmsd_threshold: float = 0.5, max_conformers: int | None = None, seed: int = 0,
-                     mmff: bool = True, rmsd_atoms: RmsdAtoms = "heavy") -> list[Atoms]:
+                     mmff: bool = True, rmsd_atoms: RmsdAtoms = "heavy", n_threads: int = 1) -> list[Atoms]:
     """Low-energy, mutually distinct conformers of the molecule in ``atoms``.
 
     Parameters
@@ -137,6 +137,10 @@ def conformer_search(atoms: Atoms, n_embed: int = 50, window_kcal: float = 12.0,
     rmsd_atoms:
         Atoms compared: ``"heavy"`` (default), or ``"heavy+polar_h"`` to also
         tell hydroxyl rotamers apart.
+    n_threads:
+        Threads for the RDKit embedding and force-field relaxation (0: all
+        cores). The result does not depend on it: RDKit seeds each embedding
+        on its own and relaxes each conformer independently.
 
     Returns
     -------
@@ -160,6 +164,8 @@ def conformer_search(atoms: Atoms, n_embed: int = 50, window_kcal: float = 12.0,
         raise ValueError(f"rmsd_threshold must be non-negative, got {rmsd_threshold}")
     if max_conformers is not None and max_conformers < 1:
         raise ValueError(f"max_conformers must be at least 1 or None, got {max_conformers}")
+    if n_threads < 0:
+        raise ValueError(f"n_threads must be non-negative, got {n_threads}")
     template = _template(atoms)
     mol = Chem.Mol(template)
 
@@ -169,15 +175,15 @@ def conformer_search(atoms: Atoms, n_embed: int = 50, window_kcal: float = 12.0,
     # With polar H compared later, pruning on heavy atoms alone would already
     # merge hydroxyl rotamers; prune on all atoms then (a weaker filter).
     params.onlyHeavyAtomsForRMS = rmsd_atoms == "heavy"
-    params.numThreads = 1  # deterministic and polite on shared machines
+    params.numThreads = int(n_threads)  # 1 by default: polite on shared machines
     conformer_ids = list(AllChem.EmbedMultipleConfs(mol, numConfs=int(n_embed), params=params))
     if not conformer_ids:
         raise RuntimeError(f"ETKDGv3 embedded no conformer of {_label(atoms)} (seed {seed})")
     if mmff:
         if AllChem.MMFFHasAllMoleculeParams(mol):
-            AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=2000)
+            AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=int(n_threads), maxIters=2000)
         elif AllChem.UFFHasAllMoleculeParams(mol):
-            AllChem.UFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=2000)
+            AllChem.UFFOptimizeMoleculeConfs(mol, numThreads=int(n_threads), maxIters=2000)
 
     # Rank by GFN2-xTB; a conformer whose SCF fails is dropped, not fatal.
     energies: dict[int, float] = {}

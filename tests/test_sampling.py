@@ -118,3 +118,36 @@ def test_search_many_records_failures_and_goes_on():
     assert len(failures) == 1
     name, error = failures[0]
     assert name == "broken" and "ValueError" in error and "C1CC(" in error
+
+
+def stereo_smiles(atoms) -> str:
+    """Canonical SMILES with stereo read from the 3D geometry."""
+    mol = heavy_mol(atoms)
+    Chem.AssignStereochemistryFrom3D(mol)
+    return Chem.MolToSmiles(mol)
+
+
+def test_disaccharide_search_keeps_both_rings_and_is_seeded():
+    from qcell_nb.blocks.glycans import build_named_disaccharide
+
+    sucrose = build_named_disaccharide("sucrose")
+    conformers = conformer_search(sucrose, n_embed=6, seed=1, rmsd_atoms="heavy+polar_h")
+    assert len(conformers) >= 2
+    reference = Chem.MolToSmiles(Chem.MolFromSmiles(sucrose.info["smiles"]))
+    assert all(stereo_smiles(c) == reference for c in conformers)
+    assert all(c.info["block_type"] == "disaccharide" and c.info["linkage"] == "1-2" for c in conformers)
+    assert max(c.info["rel_energy_kcal"] for c in conformers) <= 12.0
+    threaded = conformer_search(sucrose, n_embed=6, seed=1, rmsd_atoms="heavy+polar_h", n_threads=2)
+    assert [c.info["xtb_energy"] for c in threaded] == [c.info["xtb_energy"] for c in conformers]
+
+
+def test_glycopeptide_search():
+    from qcell_nb.blocks.glycans import build_glycopeptide
+
+    peptide = build_glycopeptide("N-acetyl-alpha-D-galactosamine", "Ser")
+    conformers = conformer_search(peptide, n_embed=3, seed=0)
+    assert 1 <= len(conformers) <= 3
+    reference = Chem.MolToSmiles(Chem.MolFromSmiles(peptide.info["smiles"]))
+    assert all(stereo_smiles(c) == reference for c in conformers)
+    with pytest.raises(ValueError, match="n_threads"):
+        conformer_search(peptide, n_threads=-1)
