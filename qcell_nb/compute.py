@@ -323,7 +323,8 @@ def _map_on_dask(client, func, items, keys, func_kwargs, retries, handle_ok, han
         future = client.submit(func, item, retries=retries, pure=False, key=_task_name(func, key, batch),
                                **func_kwargs)
         futures[future] = key
-    for future in as_completed(futures):
+    # This client's loop, not the default client's: the caller may hold other clients.
+    for future in as_completed(futures, loop=client.loop):
         key = futures[future]
         if future.status == "finished":
             handle_ok(key, future.result())
