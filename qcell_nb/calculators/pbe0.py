@@ -69,6 +69,7 @@ does not override it (a Dask worker sets it for its own process).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -270,10 +271,17 @@ def check_structure(atoms: Atoms, basis: str, charge: int, multiplicity: int) ->
         )
 
 
-def build_mole(atoms: Atoms, basis: str, charge: int, multiplicity: int, verbose: int = 0) -> gto.Mole:
-    """PySCF molecule (Å input, spherical AOs) for ``atoms``."""
+def build_mole(atoms: Atoms, basis: str, charge: int, multiplicity: int, verbose: int = 0,
+               ghosts: Sequence[int] = ()) -> gto.Mole:
+    """PySCF molecule (Å input, spherical AOs) for ``atoms``.
+
+    Atoms listed in ``ghosts`` carry their basis functions (and grid) but no
+    nucleus or electrons: the counterpoise correction's partner basis.
+    """
+    ghost_set = set(int(i) for i in ghosts)
     mol = gto.Mole()
-    mol.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.get_positions())]
+    mol.atom = [(f"ghost-{s}" if i in ghost_set else s, tuple(p))
+                for i, (s, p) in enumerate(zip(atoms.get_chemical_symbols(), atoms.get_positions()))]
     mol.unit = "Angstrom"
     mol.basis = basis
     # def2 bases beyond Kr are defined together with an ECP of the same name.
@@ -573,3 +581,54 @@ def label_structure(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
         if optional in r:
             result[optional] = r[optional]
     return result
+
+
+def interaction_energy(dimer: Atoms, n_first: int, counterpoise: bool = True, **calc_params: Any) -> dict[str, float]:
+    """PBE0+MBD interaction energy of a dimer: ``E(AB) - E(A) - E(B)`` in eV.
+
+    Parameters
+    ----------
+    dimer:
+        Both monomers; the first ``n_first`` atoms are monomer A. Charges and
+        multiplicities of the monomers are taken as neutral singlets/doublets
+        by electron parity; ``calc_params`` charge/multiplicity apply to the dimer.
+    counterpoise:
+        Boys-Bernardi correction of the PBE0 part: monomer energies in the
+        dimer basis (the partner's atoms as ghosts). MBD has no basis-set
+        superposition error; its monomer terms use each monomer's own
+        Hirshfeld ratios.
+    calc_params:
+        :class:`PBE0MBD` parameters (preset, basis, grid, ...).
+
+    Returns
+    -------
+    dict
+        ``interaction_energy``, ``pbe0`` and ``mbd`` parts (eV), and the
+        uncorrected PBE0 part ``pbe0_no_cp`` (eV).
+    """
+    if not 0 < n_first < len(dimer):
+        raise ValueError(f"n_first={n_first} must split the {len(dimer)}-atom dimer into two monomers")
+    parts = {"AB": dimer, "A": dimer[:n_first], "B": dimer[n_first:]}
+    energies = {}
+    for key, atoms in parts.items():
+        calc = PBE0MBD(**calc_params)
+        atoms = atoms.copy()
+        if key != "AB":
+            atoms.info = {"name": f"{dimer.info.get('name', 'dimer')} monomer {key}"}
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        energies[key] = (calc.results["pbe0_energy"], calc.results["mbd_energy"])
+    pbe0_no_cp = energies["AB"][0] - energies["A"][0] - energies["B"][0]
+    mbd = energies["AB"][1] - energies["A"][1] - energies["B"][1]
+    pbe0 = pbe0_no_cp
+    if counterpoise:
+        p = resolve_parameters(calc_params, len(dimer))
+        p["_device"] = select_device(p["device"])
+        pbe0 = energies["AB"][0]
+        for ghosts in (range(n_first, len(dimer)), range(n_first)):
+            monomer = dimer[[i for i in range(len(dimer)) if i not in set(ghosts)]]
+            mult = multiplicity_of(monomer)
+            mol = build_mole(dimer, p["basis"], 0, mult, p["verbose"], ghosts=ghosts)
+            mf, _ = run_scf(mol, p, f"{dimer.info.get('name', 'dimer')} counterpoise monomer")
+            pbe0 -= float(mf.e_tot) * Hartree
+    return {"interaction_energy": pbe0 + mbd, "pbe0": pbe0, "mbd": mbd, "pbe0_no_cp": pbe0_no_cp}
