@@ -194,13 +194,14 @@ def test_methane_hirshfeld_ratios_in_expected_range() -> None:
 
 def test_water_dimer_interaction_energy() -> None:
     # Reference: S22 water dimer, CCSD(T)/CBS -5.02 kcal/mol (Takatani et al.,
-    # J. Chem. Phys. 132, 144104 (2010), as in ase.data.s22). PBE0+MBD@rsSCS
-    # reproduces S22 with a mean absolute error of ~0.3 kcal/mol near the
-    # basis-set limit (Ambrosetti et al., J. Chem. Phys. 140, 18A508 (2014)).
-    # At def2-SVP with counterpoise we measured -5.72 kcal/mol (PBE0 -5.35,
-    # MBD -0.36; without counterpoise -8.52); see bench/reference_engine.py
-    # for def2-TZVP. Tolerance: 1.0 kcal/mol (0.3 method + ~0.5 basis
-    # incompleteness at def2-SVP + margin).
+    # J. Chem. Phys. 132, 144104 (2010), as in ase.data.s22). We found no
+    # published PBE0+MBD value for this one dimer to quote; PBE0+MBD@rsSCS
+    # reproduces S22 with a mean absolute error of ~0.3 kcal/mol, H-bonded
+    # complexes being slightly overbound (Ambrosetti et al., J. Chem. Phys. 140,
+    # 18A508 (2014)). Measured here with counterpoise: def2-SVP -5.72 kcal/mol
+    # (PBE0 -5.35, MBD -0.36; -8.52 without counterpoise), def2-TZVP -5.70
+    # (PBE0 -5.33, MBD -0.37): converged in the basis, 0.7 kcal/mol below
+    # CCSD(T). Tolerance: 1.0 kcal/mol against CCSD(T).
     kcal_mol = kcal / mol
     dimer = s22.create_s22_system("Water_dimer")
     reference = s22.data["Water_dimer"]["interaction energy CC"] / kcal_mol
@@ -231,7 +232,7 @@ def test_presets_and_explicit_overrides() -> None:
         PBE0MBD(device="tpu")
     assert level_of_theory(preset="tight") == "PBE0+MBD@rsSCS/def2-tzvp (PySCF DF)"
     assert "def2-tzvp (<= 350 atoms), def2-svp (larger)" in level_of_theory(preset="auto")
-    # the calculator applies the preset (light: def2-SVP, grid level 2)
+    # the calculator applies the preset (light: def2-SVP, grid level 3, 1e-9 Ha) unless overridden
     atoms = water("preset water")
     calc = PBE0MBD(preset="light", mbd=None, grid_level=1)
     atoms.calc = calc
