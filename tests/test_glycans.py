@@ -32,11 +32,16 @@ KNOWN_SMILES = {
 # through the CH2 of a 1-6 link, a Ser CB or a Thr CB (CA with N < C4 with O)
 # and to the N of an N-glycoside, so alpha stays S there. Sucrose: Glc C1 R,
 # and Fru C2 S (its glycosidic O, reaching Glc C1 (O,C,H), outranks the ring
-# O reaching C5 (C,C,H)).
+# O reaching C5 (C,C,H)). alpha-Neu5Ac is R free (carboxyl above C3); to Gal O3
+# the glycosidic O wins (Gal C2 (O,C,H) beats Neu5Ac C5 (N,C,H)) -> S; to Gal
+# O6 it loses -> R. (The 2-3 product is, with chirality, a substructure of
+# ChEBI's alpha-Neu5Ac-(2-3)-beta-Gal-containing pentasaccharide, whose
+# Neu5Ac C2 reads S.)
 GLYCOSIDIC_CIP = {
     "maltose": "R", "cellobiose": "S", "lactose": "S", "sucrose": "R", "trehalose": "R", "isomaltose": "S",
     "gentiobiose": "R", "laminaribiose": "S", "nigerose": "R", "kojibiose": "R", "melibiose": "S",
     "N-acetyllactosamine": "S", "chitobiose": "S", "xylobiose": "S", "mannobiose": "S",
+    "Neu5Ac-alpha-(2-3)-Gal": "S", "Neu5Ac-alpha-(2-6)-Gal": "R",
     "GlcNAc-beta-Asn": "R", "GalNAc-alpha-Ser": "S", "GalNAc-alpha-Thr": "S", "Man-alpha-Ser": "S",
 }
 
@@ -69,7 +74,7 @@ def donor_anomeric_carbon(mol: Chem.Mol) -> int:
 def test_named_lists():
     assert {"maltose", "cellobiose", "lactose", "sucrose", "trehalose", "isomaltose", "laminaribiose"} \
         <= set(DISACCHARIDES)
-    assert {linkage for _, _, linkage in DISACCHARIDES.values()} == {"1-1", "1-2", "1-3", "1-4", "1-6"}
+    assert {linkage for _, _, linkage in DISACCHARIDES.values()} == {"1-1", "1-2", "1-3", "1-4", "1-6", "2-3", "2-6"}
     assert set(GLYCOSIDIC_CIP) == set(DISACCHARIDES) | set(GLYCOPEPTIDES)
     assert {residue for _, residue in GLYCOPEPTIDES.values()} == {"Asn", "Ser", "Thr"}
 

@@ -138,6 +138,10 @@ def test_glycosidic_definitions():
     assert mol.GetAtomWithIdx(sucrose["phi"][1]).GetTotalNumHs(includeNeighbors=True) == 1
     assert torsion_atoms(smiles("sucrose"), sucrose)["psi"] == "COCC"
     assert not mol.GetAtomWithIdx(sucrose["psi"][3]).IsInRing()
+    sialyl = glycosidic_dihedral_indices(smiles("Neu5Ac-alpha-(2-6)-Gal"))
+    assert torsion_atoms(smiles("Neu5Ac-alpha-(2-6)-Gal"), sialyl) == {"phi": "OCOC", "psi": "COCC", "omega": "OCCO"}
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles("Neu5Ac-alpha-(2-6)-Gal")))
+    assert mol.GetAtomWithIdx(sialyl["phi"][1]).GetTotalNumHs(includeNeighbors=True) == 0  # ketosidic C2
     asn = glycosidic_dihedral_indices(smiles("GlcNAc-beta-Asn"))
     assert torsion_atoms(smiles("GlcNAc-beta-Asn"), asn) == {"phi": "OCNC", "psi": "CNCC", "chi1": "NCCC",
                                                              "chi2": "CCCN", "phi_bb": "CNCC", "psi_bb": "NCCN"}

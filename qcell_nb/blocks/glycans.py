@@ -61,6 +61,9 @@ DISACCHARIDES: dict[str, tuple[str, str, str]] = {
     "chitobiose": ("N-acetyl-beta-D-glucosamine", "N-acetyl-beta-D-glucosamine", "1-4"),
     "xylobiose": ("beta-D-xylopyranose", "beta-D-xylopyranose", "1-4"),
     "mannobiose": ("alpha-D-mannopyranose", "alpha-D-mannopyranose", "1-6"),
+    # Sialic acid caps of glycans: the ketosidic C2 of Neu5Ac to Gal O3 / O6.
+    "Neu5Ac-alpha-(2-3)-Gal": ("N-acetyl-alpha-neuraminic acid", "beta-D-galactopyranose", "2-3"),
+    "Neu5Ac-alpha-(2-6)-Gal": ("N-acetyl-alpha-neuraminic acid", "beta-D-galactopyranose", "2-6"),
 }
 
 #: Capped residues Ace-X-NMe (L), written from the atom the sugar binds to,
@@ -219,7 +222,7 @@ def _block(smiles: str, name: str, seed: int, **info) -> Atoms:
     return atoms
 
 
-def build_disaccharide(donor: str, acceptor: str, linkage: str = "1-4", anomer: str | None = "beta",
+def build_disaccharide(donor: str, acceptor: str, linkage: str = "1-4", anomer: str | None = None,
                        seed: int = 0, name: str | None = None) -> Atoms:
     """3D structure of the disaccharide donor-(a-b)-acceptor.
 
