@@ -106,11 +106,17 @@ def test_rdf_of_a_simple_cubic_lattice():
     first_shell = (r < 3.5)
     coordination = np.sum(g[first_shell] * density * 4 / 3 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)[first_shell])
     assert coordination == pytest.approx(6.0, abs=1e-6)
+    # The first minimum lies between the 6 nearest (3.13 Å) and the 12 next-nearest (4.43 Å) sites.
+    assert 3.13 < rdfs["Na-O"]["r_min"] < 4.43
+    assert rdfs["Na-O"]["coordination"] == pytest.approx(6.0, abs=1e-6)
+    assert rdfs["O-O"]["coordination"] == pytest.approx(6.0, abs=1e-6)
     comparison = compare_first_peaks(rdfs, REFERENCE)
     assert comparison["Na-O"]["difference"] == pytest.approx(rdfs["Na-O"]["r_peak"] - 2.43)
 
 
 def test_reference_loader(tmp_path):
+    builtin = load_rdf_reference()
+    assert builtin["Na-O"]["r_peak"] == 2.43 and builtin["Cl-O"]["r_peak"] == 3.16 and len(builtin) == 6
     path = tmp_path / "ref.json"
     path.write_text(json.dumps({"description": "x", "Na-O": {"r_peak": 2.43, "source": "s"}}))
     assert load_rdf_reference(path) == {"Na-O": {"r_peak": 2.43, "source": "s"}}
@@ -134,6 +140,8 @@ def test_na_in_opc_water_md_first_peaks_and_clusters(tmp_path):
     rdfs = ion_water_rdfs(frames)
     assert abs(rdfs["Na-O"]["r_peak"] - REFERENCE["Na-O"]["r_peak"]) < 0.2
     assert abs(rdfs["O-O"]["r_peak"] - REFERENCE["O-O"]["r_peak"]) < 0.2
+    # OPC/Li-Merz Na+ holds 5 waters in its first shell in this run (experiment: 6).
+    assert 4.5 <= rdfs["Na-O"]["coordination"] <= 6.5
     figure = plot_rdfs(frames, path=tmp_path / "rdf.png", rdfs=rdfs)
     assert (tmp_path / "rdf.png").stat().st_size > 0 and len(figure.axes) == 2
 

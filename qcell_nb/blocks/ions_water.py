@@ -64,6 +64,7 @@ from ..md import MDSettings, Trajectory, first_peak, frames_to_atoms, rdf, simul
 from ..structures import structure_id
 
 __all__ = [
+    "EXPERIMENTAL_FIRST_SHELLS",
     "ION_NAMES",
     "ION_WATER_FORCEFIELD",
     "Ion",
@@ -377,8 +378,8 @@ def ion_water_rdfs(frames: Sequence[Atoms], r_max: float | None = None,
         n_bins: default 0.05 Å bins.
 
     Returns:
-        ``{"Na-O": {"r": (n_bins,) Å, "g": (n_bins,), "r_peak": Å, "n_frames": int}, ...,
-        "O-O": {...}}``.
+        ``{"Na-O": {"r": (n_bins,) Å, "g": (n_bins,), "r_peak": Å, "r_min": Å (first minimum),
+        "coordination": waters within r_min, "n_frames": int}, ..., "O-O": {...}}``.
     """
     if not frames:
         raise ValueError("ion_water_rdfs needs at least one frame")
@@ -411,15 +412,53 @@ def _rdf_entry(frames: Sequence[Atoms], centre: str, r_max: float, n_bins: int) 
         r, g = rdf(positions, cells, centres, oxygens, r_max=r_max, n_bins=n_bins)
         g_sum = g_sum + g * len(positions)
     g = g_sum / len(frames)
-    return {"r": r, "g": g, "r_peak": first_peak(r, g), "n_frames": len(frames)}
+    densities = [np.sum(np.array(f.get_chemical_symbols()) == "O") / f.get_volume() for f in frames]
+    r_peak = first_peak(r, g)
+    r_min, coordination = _first_shell(r, g, r_peak, float(np.mean(densities)))
+    return {"r": r, "g": g, "r_peak": r_peak, "r_min": r_min, "coordination": coordination,
+            "n_frames": len(frames)}
 
 
-def load_rdf_reference(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def _first_shell(r: np.ndarray, g: np.ndarray, r_peak: float, density: float) -> tuple[float, float]:
+    """First minimum after the first peak (Å) and the coordination number up to it.
+
+    The minimum is where the (5-bin running mean of) g stops falling after the peak; the
+    coordination number is ``4 pi density * integral of g r^2 dr`` up to it (density in 1/Å^3).
+    """
+    smooth = np.convolve(g, np.ones(5) / 5.0, mode="same")
+    near = int(np.searchsorted(r, r_peak))
+    start = max(0, near - 2)
+    index = start + int(np.argmax(smooth[start:near + 3]))
+    while index + 1 < len(r) and smooth[index + 1] <= smooth[index]:
+        index += 1
+    width = r[1] - r[0]
+    outer = r[: index + 1] + 0.5 * width
+    inner = outer - width
+    shells = 4.0 / 3.0 * np.pi * (outer ** 3 - inner ** 3)
+    return float(outer[-1]), float(density * np.sum(g[: index + 1] * shells))
+
+
+#: Experimental first-shell distances (Å) and coordination numbers in liquid water at ambient
+#: conditions; the same values as the project's ``ion_water_rdf.json`` reference file.
+EXPERIMENTAL_FIRST_SHELLS: dict[str, dict[str, Any]] = {
+    "O-O": {"r_peak": 2.80, "source": "Skinner et al., J. Chem. Phys. 138, 074506 (2013)"},
+    "Na-O": {"r_peak": 2.43, "coordination": 6, "source": "Mahler and Persson, Inorg. Chem. 51, 425 (2012)"},
+    "K-O": {"r_peak": 2.81, "coordination": 7, "source": "Mahler and Persson, Inorg. Chem. 51, 425 (2012)"},
+    "Mg-O": {"r_peak": 2.09, "coordination": 6, "source": "Ohtaki and Radnai, Chem. Rev. 93, 1157 (1993)"},
+    "Ca-O": {"r_peak": 2.43, "source": "Ohtaki and Radnai, Chem. Rev. 93, 1157 (1993)"},
+    "Cl-O": {"r_peak": 3.16, "coordination": 6, "source": "Ohtaki and Radnai, Chem. Rev. 93, 1157 (1993)"},
+}
+
+
+def load_rdf_reference(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
     """Experimental first-peak positions: ``{"Na-O": {"r_peak": Å, "source": ...}, ...}``.
 
-    The file is a JSON object whose entries named ``"<X>-O"`` carry at least ``r_peak`` (Å);
-    other top-level keys (a description) are skipped.
+    ``None`` gives :data:`EXPERIMENTAL_FIRST_SHELLS`. A file is a JSON object whose entries
+    named ``"<X>-O"`` carry at least ``r_peak`` (Å); other top-level keys (a description) are
+    skipped.
     """
+    if path is None:
+        return {pair: dict(entry) for pair, entry in EXPERIMENTAL_FIRST_SHELLS.items()}
     data = json.loads(Path(path).read_text())
     reference = {key: value for key, value in data.items() if isinstance(value, dict) and "r_peak" in value}
     if not reference:
@@ -442,6 +481,7 @@ def plot_rdfs(frames: Sequence[Atoms], reference_path: str | os.PathLike | None 
               path: str | os.PathLike | None = None, rdfs: dict[str, dict[str, Any]] | None = None):
     """One panel per pair: g(r) of the MM frames with the experimental first peak as a dashed line.
 
+    ``reference_path`` as in :func:`load_rdf_reference` (``None``: the built-in values).
     Pass ``rdfs`` (from :func:`ion_water_rdfs`) to avoid recomputing them. Saves to ``path`` when
     given; returns the matplotlib figure.
     """
@@ -452,7 +492,7 @@ def plot_rdfs(frames: Sequence[Atoms], reference_path: str | os.PathLike | None 
     import matplotlib.pyplot as plt
 
     rdfs = ion_water_rdfs(frames) if rdfs is None else rdfs
-    reference = load_rdf_reference(reference_path) if reference_path is not None else {}
+    reference = load_rdf_reference(reference_path)
     pairs = list(rdfs)
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.0), squeeze=False)
     for axis, pair in zip(axes[0], pairs):
