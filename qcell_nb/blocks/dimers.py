@@ -30,7 +30,7 @@ from ase.data import atomic_numbers, vdw_radii
 
 from ..structures import structure_id
 from .carbohydrates import molecule_from_smiles
-from .ions_water import IONS
+from .ions_water import IONS, build_ion
 
 __all__ = [
     "DEFAULT_SCAN_FACTORS",
@@ -116,6 +116,12 @@ def build_monomer(name: str, seed: int = 0, library: Mapping[str, str] = MONOMER
     """
     if name not in library:
         raise ValueError(f"unknown monomer {name!r}; known monomers: {', '.join(library)}")
+    ion_names = {ion.smiles: ion_name for ion_name, ion in IONS.items()}
+    if library[name] in ion_names:
+        # A bare ion needs no embedding (RDKit's force fields have no types for it).
+        ion = build_ion(ion_names[library[name]])
+        ion.info.update(name=name, subset="dimers")
+        return ion
     return molecule_from_smiles(library[name], name=name, seed=seed, subset="dimers")
 
 
