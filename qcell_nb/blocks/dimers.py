@@ -196,7 +196,8 @@ def _unit_vector(rng: np.random.Generator) -> np.ndarray:
 
 
 def _pair_info(a: Atoms, b: Atoms) -> dict:
-    name_a, name_b = str(a.info.get("name", a.get_chemical_formula())), str(b.info.get("name", b.get_chemical_formula()))
+    name_a = str(a.info.get("name", a.get_chemical_formula()))
+    name_b = str(b.info.get("name", b.get_chemical_formula()))
     multiplicity_a, multiplicity_b = int(a.info.get("multiplicity", 1)), int(b.info.get("multiplicity", 1))
     info = {
         "name": f"{name_a}...{name_b}", "subset": "dimers", "monomer_a": name_a, "monomer_b": name_b,

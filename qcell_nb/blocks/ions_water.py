@@ -67,6 +67,7 @@ __all__ = [
     "EXPERIMENTAL_FIRST_SHELLS",
     "ION_NAMES",
     "ION_WATER_FORCEFIELD",
+    "IONS",
     "Ion",
     "WATER_MODELS",
     "WaterModel",
@@ -102,6 +103,7 @@ IONS: dict[str, Ion] = {
 }
 ION_NAMES: tuple[str, ...] = tuple(IONS)
 
+
 @dataclass(frozen=True)
 class WaterModel:
     """A water model with the ion parameters fitted for it, as OpenMM ships them.
@@ -130,7 +132,6 @@ WATER_MODELS: dict[str, WaterModel] = {
 ION_WATER_FORCEFIELD = WATER_MODELS["opc"].forcefield
 #: Å, OpenMM's PME direct-space cutoff; the box edge must be at least twice this.
 NONBONDED_CUTOFF = 9.0
-_WATER_RESIDUES = ("HOH", "WAT")
 
 
 def _ion(name: str) -> Ion:
