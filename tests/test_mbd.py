@@ -115,7 +115,7 @@ def test_free_atom_table_matches_libmbd() -> None:
     assert pymbd is not None
 
 
-@pytest.mark.parametrize("variant", ["rsscs", "ts"])
+@pytest.mark.parametrize("variant", ["rsscs", "ts", "nl"])
 def test_forces_match_finite_differences(variant: str) -> None:
     positions, numbers, ratios = water_dimer(2.9)
     energy, forces = mbd.mbd_energy_and_forces(positions, numbers, ratios, variant=variant)
@@ -195,3 +195,116 @@ def test_x64_does_not_leak() -> None:
     mbd.mbd_energy(WATER, [8, 1, 1], WATER_RATIOS)
     if not jax.config.jax_enable_x64:  # unless someone enabled it globally
         assert jnp.zeros(1).dtype == jnp.float32
+
+
+# --- padding, MBD-NL -------------------------------------------------------------------------
+
+
+def test_padding_buckets() -> None:
+    assert [mbd.padded_size(n) for n in (2, 8, 9, 64, 65, 257)] == [8, 8, 16, 64, 80, 288]
+
+
+def _plain_mbd_reference(positions_bohr, alpha0, c6, r_vdw, beta) -> float:
+    """Unscreened MBD energy (Ha) with pymbd's own "fermi,dip" dipole matrix."""
+    from pymbd.pymbd import dipole_matrix
+
+    omega = 4 / 3 * c6 / alpha0**2
+    pre = np.repeat(omega * np.sqrt(alpha0), 3)
+    h = np.diag(np.repeat(omega**2, 3)) + np.outer(pre, pre) * dipole_matrix(
+        positions_bohr, "fermi,dip", R_vdw=r_vdw, beta=beta)
+    return np.sum(np.sqrt(np.linalg.eigvalsh(h))) / 2 - 1.5 * np.sum(omega)
+
+
+@pytest.mark.parametrize("system", ["glucose", "gc_pair"])
+def test_nl_energy_matches_pymbd_dipole_matrix(system: str) -> None:
+    pytest.importorskip("pymbd", reason="pymbd not installed; the reference comparison is skipped")
+    positions, numbers, ratios = SYSTEMS[system]()
+    rng = np.random.default_rng(3)
+    c6_ratios = ratios**2 * (0.8 + 0.4 * rng.random(len(numbers)))  # independent of alpha ratios
+    alpha0, c6, r_vdw = mbd.mbd_nl_parameters(numbers, ratios, c6_ratios)
+    reference = _plain_mbd_reference(positions / Bohr, alpha0, c6, r_vdw, 0.83) * Hartree
+    ours = mbd.mbd_energy(positions, numbers, ratios, variant="nl", c6_ratios=c6_ratios)
+    assert ours == pytest.approx(reference, abs=1e-9)
+    assert ours != pytest.approx(mbd.mbd_energy(positions, numbers, ratios), abs=1e-3)  # not rsSCS
+
+
+def test_nl_parameters_and_defaults() -> None:
+    alpha0, c6, r_vdw = mbd.mbd_nl_parameters([6, 1], [1.0, 0.5], [1.0, 0.25])
+    assert alpha0 == pytest.approx([12.0, 2.25]) and c6 == pytest.approx([46.6, 6.5 * 0.25])
+    assert r_vdw == pytest.approx([2.5 * 12.0 ** (1 / 7), 2.5 * 4.5 ** (1 / 7) * 0.5 ** (1 / 3)])
+    assert mbd.default_damping("nl", "pbe0") == 0.83 and mbd.default_damping("nl", "pbe") == 0.81
+    with pytest.raises(ValueError, match="c6_ratios.*'nl'"):
+        mbd.mbd_energy(WATER, [8, 1, 1], WATER_RATIOS, c6_ratios=WATER_RATIOS**2)
+    with pytest.raises(ValueError, match="c6_ratios have shape"):
+        mbd.mbd_energy(WATER, [8, 1, 1], WATER_RATIOS, variant="nl", c6_ratios=[1.0])
+
+
+def test_vv_cutoff_keeps_one_orbital_regions_and_cuts_electron_gas() -> None:
+    rho = np.array([1e-2, 1e-2])
+    # hydrogen-like tail: |grad n|/n = 2 (I = 13.6 eV), tau = tau_W (one orbital)
+    grad_h = 2 * rho[0]
+    tau_w = grad_h**2 / (8 * rho[0])
+    # uniform electron gas: no gradient (I = 0), tau = tau_unif (iso-orbital indicator 1)
+    tau_unif = 0.3 * (3 * np.pi**2) ** (2 / 3) * rho[1] ** (5 / 3)
+    cut = mbd.vv_cutoff(rho, np.array([grad_h, 0.0]), np.array([tau_w, tau_unif]))
+    assert cut[0] == pytest.approx(1.0, abs=1e-6)
+    assert cut[1] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def water_scf(tmp_path_factory):
+    from pyscf import dft, gto
+
+    mol = gto.M(atom=[("O", WATER[0]), ("H", WATER[1]), ("H", WATER[2])], basis="def2-svp", verbose=0)
+    mf = dft.RKS(mol)
+    mf.xc = "pbe0"
+    mf.grids.level = 2
+    mf.kernel()
+    # the free-atom cache location tests/test_pbe0.py uses: a suite run computes free atoms once
+    return mf, tmp_path_factory.getbasetemp() / "qcell_cache" / "free_atoms"
+
+
+def test_vv_ratios_of_water_from_the_density(water_scf) -> None:
+    mf, cache = water_scf
+    ratios = mbd.vv_polarisability_ratios(mf, cache_dir=cache)
+    a, c = ratios["alpha0_ratios"], ratios["c6_ratios"]
+    # measured (def2-SVP): O 1.04 / 1.09, H 0.23 / 0.10: O gains electrons, H loses them
+    assert 0.9 < a[0] < 1.2 and 0.9 < c[0] < 1.3
+    assert np.all((0.1 < a[1:]) & (a[1:] < 0.5)) and a[1] == pytest.approx(a[2], rel=1e-6)
+    assert np.all(c[1:] < a[1:])
+    # free-atom VV values are physical (exact alpha0: O 5.4, H 4.5 bohr^3)
+    assert ratios["alpha0_vv_free"] == pytest.approx([4.8, 5.4, 5.4], rel=0.1)
+
+    # the Hirshfeld weights are a partition of unity: atomic alphas add up to the molecule's
+    from pyscf import dft
+
+    ni = dft.numint.NumInt()
+    freq, _ = mbd.frequency_grid()
+    total = np.zeros(len(freq))
+    dm = mf.make_rdm1()
+    for ao, mask, weights, _ in ni.block_loop(mf.mol, mf.grids, deriv=1):
+        rho = ni.eval_rho(mf.mol, ao, dm, mask, "MGGA", with_lapl=False)
+        total += mbd._vv_integrals(rho, weights[None, :], freq)[0]
+    assert ratios["alpha0_vv"].sum() == pytest.approx(total[0], rel=1e-10)
+
+
+def test_vv_ratios_of_a_free_atom_are_one(water_scf) -> None:
+    from pyscf import dft, gto
+
+    mol = gto.M(atom="Ne 0 0 0", basis="def2-svp", verbose=0)
+    mf = dft.RKS(mol)
+    mf.xc = "pbe0"
+    mf.kernel()
+    ratios = mbd.vv_polarisability_ratios(mf, cache_dir=water_scf[1])
+    # closed-shell Ne is its own spherical free atom; only the grids differ
+    assert ratios["alpha0_ratios"][0] == pytest.approx(1.0, abs=2e-3)
+    assert ratios["c6_ratios"][0] == pytest.approx(1.0, abs=4e-3)
+
+
+def test_mbd_nl_from_scf(water_scf) -> None:
+    mf, cache = water_scf
+    energy, forces, ratios = mbd.mbd_nl_energy_and_forces_from_scf(mf, cache_dir=cache)
+    expected = mbd.mbd_energy_and_forces(WATER, [8, 1, 1], ratios["alpha0_ratios"], variant="nl",
+                                         c6_ratios=ratios["c6_ratios"])
+    assert energy == pytest.approx(expected[0], abs=1e-12) and energy < 0
+    np.testing.assert_allclose(forces, expected[1], atol=1e-12)

@@ -1,4 +1,4 @@
-"""Many-body dispersion (MBD@rsSCS) and Tkatchenko-Scheffler (TS) energies in JAX.
+"""Many-body dispersion (MBD@rsSCS, MBD-NL) and Tkatchenko-Scheffler (TS) energies in JAX.
 
 Non-periodic systems only. The method follows
 
@@ -19,6 +19,37 @@ a = 6.
 Atom-in-molecule parameters come from free-atom reference data scaled by the
 Hirshfeld volume ratio v = V_eff / V_free: alpha0 ~ v, C6 ~ v**2,
 R_vdW ~ v**(1/3).
+
+MBD-NL (J. Hermann, A. Tkatchenko, Phys. Rev. Lett. 124, 146401 (2020)),
+``variant="nl"``:
+
+- *From the density* (:func:`vv_polarisability_ratios`,
+  :func:`mbd_nl_energy_and_forces_from_scf`): on the DFT grid, the
+  Vydrov-Van Voorhis local polarisability
+  ``alpha(r, iu) = n / (4 pi n / 3 + C |grad n / n|^4 + u^2)`` (C = 0.0093)
+  of the SCF density n, multiplied by a cutoff that removes low-ionisation,
+  metallic-like regions (:func:`vv_cutoff`; uses n, |grad n| and the
+  kinetic-energy density tau of the occupied orbitals), is partitioned into
+  atoms with Hirshfeld weights (the same free-atom promolecule as
+  :mod:`qcell_nb.calculators.hirshfeld`) and integrated on the imaginary
+  frequency grid: alpha_A(iu), hence alpha0_A and C6_A = 3/pi int alpha_A^2.
+  The same integrals over each free atom's density give reference values,
+  and the MBD parameters are the accurate free-atom alpha0 and C6 scaled by
+  the ratios (molecule / free atom), R_vdW = 2.5 alpha0_free^(1/7)
+  (alpha ratio)^(1/3) (:func:`mbd_nl_parameters`). No self-consistent
+  screening; the MBD Hamiltonian uses the "fermi,dip" coupling with a = 6
+  and beta = 0.83 for PBE0 (0.81 for PBE), as libMBD's "mbd-nl".
+  Approximations relative to the paper's FHI-aims implementation: Gaussian
+  basis sets and PySCF grids instead of numeric atom-centred orbitals; the
+  free atoms are spherical, spin-restricted PySCF atoms in the molecule's
+  basis and functional (as for our Hirshfeld ratios); the cutoff function is
+  our implementation of the paper's form (switch on the local ionisation
+  potential at 5 eV, width 1 eV, and on the iso-orbital indicator), not
+  checked against FHI-aims numbers, which we cannot run.
+- *Without a density* (e.g. after tight binding): ``volume_ratios`` are
+  taken as the alpha0 ratios and their squares as the C6 ratios, i.e.
+  ratio-scaled free-atom values with MBD-NL's radii, damping and unscreened
+  coupled-dipole form. This is an approximation to MBD-NL, not MBD-NL.
 
 Forces are the analytic derivative (``jax.grad``) at *fixed* volume ratios:
 the dependence of the Hirshfeld ratios on the nuclear positions is neglected,
@@ -45,7 +76,10 @@ import numpy as np
 from ase.data import chemical_symbols
 from ase.units import Bohr, Hartree
 
-Variant = Literal["rsscs", "ts"]
+Variant = Literal["rsscs", "ts", "nl"]
+
+#: Dispersion variants: MBD@rsSCS, pairwise TS, MBD-NL.
+VARIANTS = ("rsscs", "ts", "nl")
 
 # ----------------------------------------------------------------------------
 # Free-atom reference data (atomic units): static dipole polarisability
@@ -108,6 +142,8 @@ FREE_ATOM_PARAMS: dict[str, tuple[float, float, float]] = {
 #: (``damping_set_params_from_xc``): MBD@rsSCS beta and TS s_R. Note that
 #: PBE0 uses beta = 0.85 (Ambrosetti et al. 2014); 0.83 is the PBE value.
 MBD_RSSCS_BETA: dict[str, float] = {"pbe": 0.83, "pbe0": 0.85, "hse": 0.85}
+#: MBD-NL beta by functional, as libMBD sets it for method "mbd-nl".
+MBD_NL_BETA: dict[str, float] = {"pbe": 0.81, "pbe0": 0.83, "hse": 0.83}
 TS_SR: dict[str, float] = {"pbe": 0.94, "pbe0": 0.96, "hse": 0.96, "b3lyp": 0.84}
 
 #: Fermi-damping steepness for MBD (libMBD's MBD_DAMPING_A) and for TS (d).
@@ -122,11 +158,11 @@ FREQ_SCALE = 0.6
 def default_damping(variant: Variant, xc: str = "pbe0") -> float:
     """Damping parameter for ``variant`` and functional ``xc``.
 
-    Returns beta for ``"rsscs"`` and s_R for ``"ts"`` (dimensionless).
+    Returns beta for ``"rsscs"`` and ``"nl"``, s_R for ``"ts"`` (dimensionless).
     """
-    table = MBD_RSSCS_BETA if variant == "rsscs" else TS_SR if variant == "ts" else None
+    table = {"rsscs": MBD_RSSCS_BETA, "ts": TS_SR, "nl": MBD_NL_BETA}.get(variant)
     if table is None:
-        raise ValueError(f"unknown dispersion variant {variant!r}; use 'rsscs' or 'ts'")
+        raise ValueError(f"unknown dispersion variant {variant!r}; use one of {', '.join(VARIANTS)}")
     try:
         return table[xc.lower()]
     except KeyError:
@@ -178,16 +214,18 @@ def frequency_grid(n: int = N_FREQ, scale: float = FREQ_SCALE) -> tuple[np.ndarr
 # ----------------------------------------------------------------------------
 # Dipole tensors (atomic units). ``r`` has shape (n, n, 3) with r_ij = x_i - x_j.
 # The diagonal i == j is handled by giving it a dummy distance of 1 bohr and
-# masking the result: this keeps jax.grad free of 0/0 NaNs.
+# masking the result: this keeps jax.grad free of 0/0 NaNs. ``mask`` (n,) is 1
+# for real atoms and 0 for padding atoms (see _pad): pairs involving padding
+# get zero coupling, so padding changes nothing but the array size.
 # ----------------------------------------------------------------------------
 
 
-def _pair_geometry(coords: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def _pair_geometry(coords: jnp.ndarray, mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     n = coords.shape[0]
     eye = jnp.eye(n, dtype=coords.dtype)
     r = coords[:, None, :] - coords[None, :, :]
     dist = jnp.sqrt(jnp.sum(r**2, axis=-1) + eye)
-    return r, dist, 1.0 - eye
+    return r, dist, (1.0 - eye) * mask[:, None] * mask[None, :]
 
 
 def _t_bare(r: jnp.ndarray, dist: jnp.ndarray) -> jnp.ndarray:
@@ -242,21 +280,29 @@ def _sum_sqrt_eigs_jvp(primals, tangents):
     return jnp.sum(jnp.sqrt(lam)), jnp.sum(grad * dh)
 
 
-def _rsscs_energy_au(
-    coords: jnp.ndarray,
-    alpha0: jnp.ndarray,
-    c6: jnp.ndarray,
-    r_vdw: jnp.ndarray,
-    beta: float,
-    freq: jnp.ndarray,
-    freq_w: jnp.ndarray,
-) -> jnp.ndarray:
+def _coupled_oscillator_energy_au(r, dist, pairs, alpha0, omega, r_vdw, beta, mask):
+    """MBD energy of coupled dipole oscillators with "fermi,dip" long-range coupling (Ha).
+
+    E = 1/2 Tr sqrt(H) - 3/2 sum_i omega_i, H = diag(omega^2) + omega_i omega_j
+    sqrt(alpha_i alpha_j) f_ij T_ij; padding atoms contribute 3/2 omega - 3/2
+    omega = 0 (their blocks are decoupled), their omega are excluded exactly.
+    """
+    s_vdw = beta * (r_vdw[:, None] + r_vdw[None, :])
+    long_range = _fermi(dist, s_vdw, MBD_DAMPING_A) * pairs
+    t_lr = _to_matrix(long_range[..., None, None] * _t_bare(r, dist))
+    pre = jnp.repeat(omega * jnp.sqrt(alpha0), 3)
+    h = jnp.diag(jnp.repeat(omega**2, 3)) + pre[:, None] * pre[None, :] * t_lr
+    padding = 1.5 * jnp.sum((1.0 - mask) * omega)
+    return 0.5 * _sum_sqrt_eigs(h) - padding - 1.5 * jnp.sum(mask * omega)
+
+
+def _rsscs_energy_au(coords, alpha0, c6, r_vdw, mask, beta, freq, freq_w) -> jnp.ndarray:
     """MBD@rsSCS energy (Ha) from atom-in-molecule alpha0, C6, R_vdW (a.u.)."""
     n = coords.shape[0]
-    r, dist, offdiag = _pair_geometry(coords)
+    r, dist, pairs = _pair_geometry(coords, mask)
     omega = 4.0 / 3.0 * c6 / alpha0**2
     s_vdw = beta * (r_vdw[:, None] + r_vdw[None, :])
-    short_range = (1.0 - _fermi(dist, s_vdw, MBD_DAMPING_A)) * offdiag
+    short_range = (1.0 - _fermi(dist, s_vdw, MBD_DAMPING_A)) * pairs
     # sum over partner atoms j of the 3x3 blocks: A @ (1_n (x) I_3)
     block_sum = jnp.tile(jnp.eye(3), (n, 1))
 
@@ -276,24 +322,19 @@ def _rsscs_energy_au(
     c6_scs = 3.0 / jnp.pi * jnp.sum(freq_w[:, None] * alpha_scs**2, axis=0)
     r_vdw_scs = r_vdw * (alpha0_scs / alpha0) ** (1.0 / 3.0)
     omega_scs = 4.0 / 3.0 * c6_scs / alpha0_scs**2
-
-    s_vdw_scs = beta * (r_vdw_scs[:, None] + r_vdw_scs[None, :])
-    long_range = _fermi(dist, s_vdw_scs, MBD_DAMPING_A) * offdiag
-    t_lr = _to_matrix(long_range[..., None, None] * _t_bare(r, dist))
-    pre = jnp.repeat(omega_scs * jnp.sqrt(alpha0_scs), 3)
-    h = jnp.diag(jnp.repeat(omega_scs**2, 3)) + pre[:, None] * pre[None, :] * t_lr
-    return 0.5 * _sum_sqrt_eigs(h) - 1.5 * jnp.sum(omega_scs)
+    return _coupled_oscillator_energy_au(r, dist, pairs, alpha0_scs, omega_scs, r_vdw_scs, beta, mask)
 
 
-def _ts_energy_au(
-    coords: jnp.ndarray,
-    alpha0: jnp.ndarray,
-    c6: jnp.ndarray,
-    r_vdw: jnp.ndarray,
-    s_r: float,
-) -> jnp.ndarray:
+def _plain_mbd_energy_au(coords, alpha0, c6, r_vdw, mask, beta) -> jnp.ndarray:
+    """MBD energy without screening (Ha): the MBD-NL form, "fermi,dip" coupling."""
+    r, dist, pairs = _pair_geometry(coords, mask)
+    omega = 4.0 / 3.0 * c6 / alpha0**2
+    return _coupled_oscillator_energy_au(r, dist, pairs, alpha0, omega, r_vdw, beta, mask)
+
+
+def _ts_energy_au(coords, alpha0, c6, r_vdw, mask, s_r) -> jnp.ndarray:
     """Pairwise TS energy (Ha) with Fermi damping (d = 20)."""
-    _, dist, offdiag = _pair_geometry(coords)
+    _, dist, pairs = _pair_geometry(coords, mask)
     # combination rule of Tang (Phys. Rev. 177, 108 (1969)) as used by TS
     c6_ij = (
         2.0
@@ -302,23 +343,20 @@ def _ts_energy_au(
         / (alpha0[None, :] / alpha0[:, None] * c6[:, None] + alpha0[:, None] / alpha0[None, :] * c6[None, :])
     )
     damp = _fermi(dist, s_r * (r_vdw[:, None] + r_vdw[None, :]), TS_DAMPING_D)
-    return -0.5 * jnp.sum(offdiag * damp * c6_ij / dist**6)
+    return -0.5 * jnp.sum(pairs * damp * c6_ij / dist**6)
 
 
 @partial(jax.jit, static_argnames=("variant",))
-def _energy_and_grad_au(coords, alpha0, c6, r_vdw, damping, freq, freq_w, variant):
+def _energy_and_grad_au(coords, alpha0, c6, r_vdw, mask, damping, freq, freq_w, variant):
+    # One compiled function per (padded size, variant) serves both energy-only
+    # and energy+forces calls: the gradient costs little next to compilation.
     if variant == "rsscs":
-        fun = lambda x: _rsscs_energy_au(x, alpha0, c6, r_vdw, damping, freq, freq_w)  # noqa: E731
+        fun = lambda x: _rsscs_energy_au(x, alpha0, c6, r_vdw, mask, damping, freq, freq_w)  # noqa: E731
+    elif variant == "nl":
+        fun = lambda x: _plain_mbd_energy_au(x, alpha0, c6, r_vdw, mask, damping)  # noqa: E731
     else:
-        fun = lambda x: _ts_energy_au(x, alpha0, c6, r_vdw, damping)  # noqa: E731
+        fun = lambda x: _ts_energy_au(x, alpha0, c6, r_vdw, mask, damping)  # noqa: E731
     return jax.value_and_grad(fun)(coords)
-
-
-@partial(jax.jit, static_argnames=("variant",))
-def _energy_au(coords, alpha0, c6, r_vdw, damping, freq, freq_w, variant):
-    if variant == "rsscs":
-        return _rsscs_energy_au(coords, alpha0, c6, r_vdw, damping, freq, freq_w)
-    return _ts_energy_au(coords, alpha0, c6, r_vdw, damping)
 
 
 # ----------------------------------------------------------------------------
@@ -326,71 +364,78 @@ def _energy_au(coords, alpha0, c6, r_vdw, damping, freq, freq_w, variant):
 # ----------------------------------------------------------------------------
 
 
-def _prepare(positions_ang, numbers, volume_ratios, variant, beta, xc):
-    if variant not in ("rsscs", "ts"):
-        raise ValueError(f"unknown dispersion variant {variant!r}; use 'rsscs' or 'ts'")
+def padded_size(n: int) -> int:
+    """Array size the JAX functions compile for when a system has ``n`` atoms.
+
+    XLA compiles once per array shape (seconds per size on one core), so
+    sizes are rounded up (to a multiple of 8 up to 64 atoms, of 16 up to 256,
+    of 32 beyond): a data set of fragments of many sizes compiles a handful
+    of times, not once per size. Padding atoms are decoupled and contribute
+    exactly nothing (checked against pymbd in the tests).
+    """
+    step = 8 if n <= 64 else 16 if n <= 256 else 32
+    return max(step, -(-n // step) * step)
+
+
+def _pad(coords, alpha0, c6, r_vdw):
+    """Append decoupled padding atoms (far away, unit parameters) up to :func:`padded_size`."""
+    n = len(coords)
+    extra = padded_size(n) - n
+    mask = np.concatenate([np.ones(n), np.zeros(extra)])
+    if extra == 0:
+        return coords, alpha0, c6, r_vdw, mask
+    # distinct, distant positions keep every pair distance finite and non-zero
+    far = np.max(np.abs(coords)) + 1e3 * (1.0 + np.arange(extra))
+    pad_coords = np.stack([far, np.zeros(extra), np.zeros(extra)], axis=1)
+    ones = np.ones(extra)
+    return (np.vstack([coords, pad_coords]), np.concatenate([alpha0, ones]), np.concatenate([c6, ones]),
+            np.concatenate([r_vdw, ones]), mask)
+
+
+def mbd_nl_parameters(numbers: np.ndarray, alpha0_ratios: np.ndarray,
+                      c6_ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MBD-NL atomic alpha0, C6, R_vdW (atomic units) from VV-functional ratios.
+
+    alpha0 = alpha0_free * a, C6 = C6_free * c with a, c the ratios of the
+    VV-functional values in the molecule and in the free atom, and
+    R_vdW = 2.5 * alpha0_free**(1/7) * a**(1/3) (bohr): the free-atom radius
+    from the polarisability (Fedorov et al., Phys. Rev. Lett. 121, 183401
+    (2018)), scaled like a volume; the same form as libMBD's MBD-NL setup.
+    """
+    alpha_free, c6_free, _ = free_atom_params(numbers)
+    a = np.asarray(alpha0_ratios, dtype=np.float64)
+    c = np.asarray(c6_ratios, dtype=np.float64)
+    return alpha_free * a, c6_free * c, 2.5 * alpha_free ** (1.0 / 7.0) * a ** (1.0 / 3.0)
+
+
+def _check_ratios(name: str, ratios: np.ndarray, n: int) -> np.ndarray:
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if ratios.shape != (n,):
+        raise ValueError(f"{name} have shape {ratios.shape}, expected ({n},)")
+    if not np.all(np.isfinite(ratios)) or np.any(ratios <= 0):
+        raise ValueError(f"{name} must be finite and positive, got {ratios}")
+    return ratios
+
+
+def _prepare(positions_ang, numbers, volume_ratios, variant, beta, xc, c6_ratios):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown dispersion variant {variant!r}; use one of {', '.join(VARIANTS)}")
     positions = np.asarray(positions_ang, dtype=np.float64)
     numbers = np.asarray(numbers, dtype=int)
-    ratios = np.asarray(volume_ratios, dtype=np.float64)
     n = len(numbers)
     if positions.shape != (n, 3):
         raise ValueError(f"positions have shape {positions.shape}, expected ({n}, 3)")
-    if ratios.shape != (n,):
-        raise ValueError(f"volume_ratios have shape {ratios.shape}, expected ({n},)")
-    if not np.all(np.isfinite(ratios)) or np.any(ratios <= 0):
-        raise ValueError(f"volume ratios must be finite and positive, got {ratios}")
-    alpha_free, c6_free, r_free = free_atom_params(numbers)
+    ratios = _check_ratios("volume_ratios", volume_ratios, n)
+    if variant == "nl":
+        c6r = ratios**2 if c6_ratios is None else _check_ratios("c6_ratios", c6_ratios, n)
+        alpha0, c6, r_vdw = mbd_nl_parameters(numbers, ratios, c6r)
+    else:
+        if c6_ratios is not None:
+            raise ValueError(f"c6_ratios are used only by variant 'nl', not {variant!r}")
+        alpha_free, c6_free, r_free = free_atom_params(numbers)
+        alpha0, c6, r_vdw = alpha_free * ratios, c6_free * ratios**2, r_free * ratios ** (1.0 / 3.0)
     damping = default_damping(variant, xc) if beta is None else float(beta)
-    return (
-        positions / Bohr,
-        alpha_free * ratios,
-        c6_free * ratios**2,
-        r_free * ratios ** (1.0 / 3.0),
-        damping,
-    )
-
-
-def mbd_energy(
-    positions_ang: np.ndarray,
-    numbers: np.ndarray,
-    volume_ratios: np.ndarray,
-    variant: Variant = "rsscs",
-    beta: float | None = None,
-    xc: str = "pbe0",
-) -> float:
-    """Dispersion energy of a finite system.
-
-    Parameters
-    ----------
-    positions_ang : array, shape (n, 3)
-        Positions in Å.
-    numbers : array of int, shape (n,)
-        Atomic numbers.
-    volume_ratios : array, shape (n,)
-        Hirshfeld volume ratios V_eff / V_free (dimensionless).
-    variant : {"rsscs", "ts"}
-        MBD@rsSCS or pairwise TS.
-    beta : float, optional
-        Damping parameter: beta for rsSCS, s_R for TS. Default: libMBD's value
-        for ``xc`` (PBE0: beta = 0.85, s_R = 0.96).
-    xc : str
-        Functional the damping is fitted for (used only when ``beta`` is None).
-
-    Returns
-    -------
-    float
-        Energy in eV.
-    """
-    if len(numbers) < 2:
-        return 0.0
-    coords, alpha0, c6, r_vdw, damping = _prepare(positions_ang, numbers, volume_ratios, variant, beta, xc)
-    freq, freq_w = frequency_grid()
-    with jax.enable_x64(True):
-        e = _energy_au(
-            jnp.asarray(coords), jnp.asarray(alpha0), jnp.asarray(c6), jnp.asarray(r_vdw),
-            damping, jnp.asarray(freq), jnp.asarray(freq_w), variant,
-        )
-        return float(e) * Hartree
+    return _pad(positions / Bohr, alpha0, c6, r_vdw) + (damping,)
 
 
 def mbd_energy_and_forces(
@@ -400,26 +445,268 @@ def mbd_energy_and_forces(
     variant: Variant = "rsscs",
     beta: float | None = None,
     xc: str = "pbe0",
+    c6_ratios: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Dispersion energy and forces at fixed volume ratios.
+    """Dispersion energy and forces of a finite system at fixed atomic parameters.
 
-    Parameters are those of :func:`mbd_energy`.
+    Parameters
+    ----------
+    positions_ang : array, shape (n, 3)
+        Positions in Å.
+    numbers : array of int, shape (n,)
+        Atomic numbers.
+    volume_ratios : array, shape (n,)
+        ``"rsscs"``/``"ts"``: Hirshfeld volume ratios V_eff / V_free
+        (alpha0 ~ v, C6 ~ v**2, R_vdW ~ v**(1/3)). ``"nl"``: the
+        static-polarisability ratios alpha0[n] / alpha0[n_free] of the VV
+        functional (see :func:`vv_polarisability_ratios`), or, as the
+        documented approximation when no density is at hand, Hirshfeld
+        volume ratios.
+    variant : {"rsscs", "ts", "nl"}
+        MBD@rsSCS, pairwise TS, or MBD-NL (no screening, "fermi,dip"
+        coupling, VV-based parameters; see the module notes).
+    beta : float, optional
+        Damping parameter: beta for rsSCS/NL, s_R for TS. Default: the value
+        for ``xc`` (PBE0: rsSCS 0.85, NL 0.83, TS 0.96).
+    xc : str
+        Functional the damping is fitted for (used only when ``beta`` is None).
+    c6_ratios : array, shape (n,), optional
+        ``"nl"`` only: C6[n] / C6[n_free] from the VV functional; default
+        ``volume_ratios**2`` (the ratio-scaled approximation).
 
     Returns
     -------
     energy : float
         Energy in eV.
     forces : np.ndarray, shape (n, 3)
-        Forces -dE/dR in eV/Å (volume ratios held fixed).
+        Forces -dE/dR in eV/Å, with the atomic parameters (ratios) held fixed.
     """
     n = len(numbers)
     if n < 2:
+        _prepare(positions_ang, numbers, volume_ratios, variant, beta, xc, c6_ratios)  # validate
         return 0.0, np.zeros((n, 3))
-    coords, alpha0, c6, r_vdw, damping = _prepare(positions_ang, numbers, volume_ratios, variant, beta, xc)
+    coords, alpha0, c6, r_vdw, mask, damping = _prepare(positions_ang, numbers, volume_ratios, variant, beta,
+                                                         xc, c6_ratios)
     freq, freq_w = frequency_grid()
     with jax.enable_x64(True):
         e, g = _energy_and_grad_au(
-            jnp.asarray(coords), jnp.asarray(alpha0), jnp.asarray(c6), jnp.asarray(r_vdw),
+            jnp.asarray(coords), jnp.asarray(alpha0), jnp.asarray(c6), jnp.asarray(r_vdw), jnp.asarray(mask),
             damping, jnp.asarray(freq), jnp.asarray(freq_w), variant,
         )
-        return float(e) * Hartree, -np.asarray(g, dtype=np.float64) * (Hartree / Bohr)
+        return float(e) * Hartree, -np.asarray(g, dtype=np.float64)[:n] * (Hartree / Bohr)
+
+
+def mbd_energy(
+    positions_ang: np.ndarray,
+    numbers: np.ndarray,
+    volume_ratios: np.ndarray,
+    variant: Variant = "rsscs",
+    beta: float | None = None,
+    xc: str = "pbe0",
+    c6_ratios: np.ndarray | None = None,
+) -> float:
+    """Dispersion energy (eV) of a finite system; parameters as :func:`mbd_energy_and_forces`."""
+    return mbd_energy_and_forces(positions_ang, numbers, volume_ratios, variant, beta, xc, c6_ratios)[0]
+
+
+# ----------------------------------------------------------------------------
+# MBD-NL atomic parameters from the electron density (VV polarisability)
+# ----------------------------------------------------------------------------
+
+#: C of the Vydrov-Van Voorhis local polarisability (the VV10 value).
+VV_C = 0.0093
+
+#: Densities below this (bohr^-3) contribute nothing to the VV integrals:
+#: there the polarisability density n/(...) is negligible and the reduced
+#: quantities in the cutoff are numerically meaningless.
+VV_DENSITY_FLOOR = 1e-10
+
+# Cutoff constants (atomic units): logistic switch of the local ionisation
+# potential I = |grad n|^2 / (8 n^2) centred at 5 eV with width 1 eV, and the
+# interpolation steepness c of the iso-orbital switch.
+_EV = 1.0 / Hartree
+_CUT_I0, _CUT_IW, _CUT_C = 5.0 * _EV, 1.0 * _EV, 0.1
+
+
+def vv_polarisability_density(rho: np.ndarray, grad: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Local VV polarisability alpha(r, iu) = n / (4 pi n / 3 + C |grad n / n|^4 + u^2).
+
+    Vydrov and Van Voorhis, Phys. Rev. A 81, 062708 (2010); atomic units.
+
+    Parameters
+    ----------
+    rho : array, shape (g,)
+        Density n (bohr^-3), positive.
+    grad : array, shape (g,)
+        |grad n| (bohr^-4).
+    u : array, shape (f,)
+        Imaginary frequencies (Ha).
+
+    Returns
+    -------
+    np.ndarray, shape (f, g)
+        Polarisability per volume (dimensionless: bohr^3 / bohr^3).
+    """
+    omega_sq = 4.0 * np.pi / 3.0 * rho + VV_C * (grad / rho) ** 4
+    return rho[None, :] / (omega_sq[None, :] + np.asarray(u)[:, None] ** 2)
+
+
+def vv_cutoff(rho: np.ndarray, grad: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """MBD-NL's cutoff of the VV polarisability density, values in [0, 1], shape (g,).
+
+    f = 1 - (1 - L(I)) (1 - h(a - 3 sqrt(I))): the polarisability is removed
+    where the local ionisation potential I = |grad n|^2 / (8 n^2) is low (L is
+    a logistic switch centred at 5 eV, width 1 eV) *and* the iso-orbital
+    indicator a = (tau - tau_W) / tau_unif is large compared with 3 sqrt(I)
+    (h goes from 1 at x <= 0 to 0 at x >= 1 as exp(-c x / (1 - x)), c = 0.1):
+    low-density, metallic-like regions, where the VV model overestimates the
+    polarisability. tau = 1/2 sum |grad phi|^2 (PySCF's convention),
+    tau_W = |grad n|^2 / (8 n), tau_unif = 3/10 (3 pi^2)^(2/3) n^(5/3).
+    """
+    ion = grad**2 / (8.0 * rho**2)
+    tau_w = grad**2 / (8.0 * rho)
+    tau_unif = 0.3 * (3.0 * np.pi**2) ** (2.0 / 3.0) * rho ** (5.0 / 3.0)
+    iso = (tau - tau_w) / tau_unif
+    logistic = 1.0 / (1.0 + np.exp(-4.0 / _CUT_IW * (ion - _CUT_I0)))
+    x = iso - 3.0 * np.sqrt(ion)
+    inside = np.clip(x, 1e-12, 1.0 - 1e-12)
+    h = np.where(x <= 0.0, 1.0, np.where(x >= 1.0, 0.0, np.exp(-_CUT_C * inside / (1.0 - inside))))
+    return 1.0 - (1.0 - logistic) * (1.0 - h)
+
+
+def _vv_integrals(rho_block: np.ndarray, weights: np.ndarray, freq: np.ndarray) -> np.ndarray:
+    """sum_g w_g f_cut(g) alpha_VV(g, iu) for one grid block; rho_block from eval_rho(MGGA), shape (f,)... per weight row.
+
+    ``weights`` has shape (k, g) (one row per partition, e.g. per atom);
+    returns shape (k, f).
+    """
+    rho, grad_vec, tau = rho_block[0], rho_block[1:4], rho_block[-1]
+    keep = rho > VV_DENSITY_FLOOR
+    rho, tau, weights = rho[keep], tau[keep], weights[:, keep]
+    grad = np.linalg.norm(grad_vec[:, keep], axis=0)
+    local = vv_polarisability_density(rho, grad, freq) * vv_cutoff(rho, grad, tau)[None, :]
+    return weights @ local.T
+
+
+_VV_FREE_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _free_atom_vv(mol, atom_index: int, xc: str, cache_dir, freq: np.ndarray) -> np.ndarray:
+    """VV alpha(iu) (shape (f,), bohr^3) of the free atom of ``mol``'s atom ``atom_index``."""
+    from pyscf import dft
+
+    from .hirshfeld import FREE_ATOM_GRID, _atom_mol, free_atom
+
+    dm, _ = free_atom(mol, atom_index, xc, cache_dir)
+    atom = _atom_mol(mol, atom_index)
+    key = (atom.atom_symbol(0), repr(atom._basis), repr(atom._ecp), xc, tuple(np.round(freq, 12)))
+    if key not in _VV_FREE_CACHE:
+        grids = dft.gen_grid.Grids(atom)
+        grids.atom_grid = {atom.atom_symbol(0): FREE_ATOM_GRID}
+        grids.build()
+        ao = dft.numint.eval_ao(atom, grids.coords, deriv=1)
+        rho = dft.numint.eval_rho(atom, ao, dm, xctype="MGGA", with_lapl=False)
+        _VV_FREE_CACHE[key] = _vv_integrals(rho, grids.weights[None, :], freq)[0]
+    return _VV_FREE_CACHE[key]
+
+
+def vv_polarisability_ratios(mf, cache_dir=None, xc: str | None = None) -> dict[str, np.ndarray]:
+    """MBD-NL ratios from a converged PySCF SCF: VV alpha0 and C6 of atoms in the molecule over free atoms.
+
+    For every atom A, on the molecular DFT grid,
+    ``alpha_A(iu) = int w_A(r) f_cut(r) alpha_VV[n](r, iu) d^3r`` with the
+    Hirshfeld weight ``w_A = n_A^free / sum_B n_B^free`` (the promolecule of
+    :mod:`qcell_nb.calculators.hirshfeld`: spherical free atoms in the same
+    basis and functional), the VV polarisability density
+    (:func:`vv_polarisability_density`) of the SCF density and the cutoff
+    :func:`vv_cutoff` (needs n, |grad n| and the kinetic-energy density tau).
+    C6_A = 3/pi int alpha_A(iu)^2 du on :func:`frequency_grid`. The same
+    integrals over the free atom's density (fine atom-centred grid) give the
+    reference; the ratios feed :func:`mbd_nl_parameters`, which scales the
+    accurate free-atom alpha0 and C6 with them.
+
+    Parameters
+    ----------
+    mf : pyscf.scf.hf.SCF
+        Converged RKS/UKS (or HF) object; ``mf.grids`` is used (built at
+        level 3 if absent).
+    cache_dir : path, optional
+        Free-atom cache directory (see :func:`qcell_nb.calculators.hirshfeld.free_atom`).
+    xc : str, optional
+        Functional of the free atoms; default ``mf.xc``.
+
+    Returns
+    -------
+    dict
+        ``alpha0_ratios`` (n,), ``c6_ratios`` (n,), and the VV values
+        ``alpha0_vv``, ``c6_vv``, ``alpha0_vv_free``, ``c6_vv_free`` (n,;
+        a.u.: bohr^3, Ha bohr^6).
+    """
+    from pyscf import dft
+
+    from .hirshfeld import RHO_FLOOR, free_atom
+
+    mol = mf.mol
+    if xc is None:
+        xc = getattr(mf, "xc", "hf")
+    grids = getattr(mf, "grids", None)
+    if grids is None:
+        grids = dft.gen_grid.Grids(mol)
+        grids.level = 3
+    if grids.coords is None:
+        grids.build()
+    dm = np.asarray(mf.make_rdm1())
+    if dm.ndim == 3:  # UKS/UHF: alpha + beta
+        dm = dm[0] + dm[1]
+    freq, freq_w = frequency_grid()
+    n_atoms = mol.natm
+    ao_slices = mol.aoslice_by_atom()[:, 2:4]
+    free_dms = [free_atom(mol, ia, xc, cache_dir)[0] for ia in range(n_atoms)]
+
+    alpha = np.zeros((n_atoms, len(freq)))
+    ni = dft.numint.NumInt()
+    for ao, mask, weights, _ in ni.block_loop(mol, grids, deriv=1):
+        rho = ni.eval_rho(mol, ao, dm, mask, "MGGA", with_lapl=False)
+        values = ao[0]
+        rho_free = np.empty((n_atoms, len(weights)))
+        for ia, (p0, p1) in enumerate(ao_slices):
+            block = values[:, p0:p1]
+            rho_free[ia] = np.einsum("gi,gi->g", block @ free_dms[ia], block)
+        np.clip(rho_free, 0.0, None, out=rho_free)
+        hirshfeld_weights = rho_free / np.maximum(rho_free.sum(axis=0), RHO_FLOOR)
+        alpha += _vv_integrals(rho, hirshfeld_weights * weights[None, :], freq)
+
+    alpha_free = np.array([_free_atom_vv(mol, ia, xc, cache_dir, freq) for ia in range(n_atoms)])
+    c6 = 3.0 / np.pi * (alpha**2) @ freq_w
+    c6_free = 3.0 / np.pi * (alpha_free**2) @ freq_w
+    return {
+        "alpha0_ratios": alpha[:, 0] / alpha_free[:, 0],
+        "c6_ratios": c6 / c6_free,
+        "alpha0_vv": alpha[:, 0],
+        "c6_vv": c6,
+        "alpha0_vv_free": alpha_free[:, 0],
+        "c6_vv_free": c6_free,
+    }
+
+
+def mbd_nl_energy_and_forces_from_scf(mf, xc: str | None = None, beta: float | None = None,
+                                      cache_dir=None) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+    """MBD-NL energy (eV) and forces (eV/Å) for the molecule of a converged PySCF SCF.
+
+    The one call a DFT driver needs: :func:`vv_polarisability_ratios` on the
+    SCF density, then :func:`mbd_energy_and_forces` with ``variant="nl"``.
+    Forces hold the VV ratios fixed (as the rsSCS forces hold the Hirshfeld
+    ratios fixed). ``beta`` defaults to :data:`MBD_NL_BETA` for ``xc``
+    (default ``mf.xc``). Returns ``(energy, forces, ratios)`` with the dict
+    of :func:`vv_polarisability_ratios`.
+    """
+    xc = xc if xc is not None else getattr(mf, "xc", "pbe0")
+    ratios = vv_polarisability_ratios(mf, cache_dir=cache_dir, xc=xc)
+    from pyscf import gto
+
+    mol = mf.mol
+    # nuclear charges, not mol.atom_charges() (net of ECP cores)
+    numbers = np.array([gto.charge(mol.atom_pure_symbol(i)) for i in range(mol.natm)])
+    energy, forces = mbd_energy_and_forces(mol.atom_coords() * Bohr, numbers, ratios["alpha0_ratios"],
+                                           variant="nl", beta=beta, xc=xc, c6_ratios=ratios["c6_ratios"])
+    return energy, forces, ratios
