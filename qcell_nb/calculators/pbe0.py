@@ -346,7 +346,7 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     """
     mf = _make_scf(mol, params)
     mf.kernel()
-    cycles = int(mf.cycles)
+    cycles = int(getattr(mf, "cycles", 0))
     if mf.converged:
         return mf, cycles
 
@@ -355,7 +355,7 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     shifted.damp = 0.5
     shifted.diis_start_cycle = 2
     shifted.kernel(dm0=mf.make_rdm1())
-    cycles += int(shifted.cycles)
+    cycles += int(getattr(shifted, "cycles", 0))
     if shifted.converged:
         # Level shift only changes the path, not the fixed point; clear it so
         # gradients and analysis see the plain Fock matrix.
