@@ -17,19 +17,30 @@ def _optimise_one(atoms: Atoms, **kwargs: Any) -> list[Atoms]:
     return optimise(atoms, **kwargs)
 
 
-def preoptimise(structures: list[Atoms], *, fmax: float = 0.05, steps: int = 200, keep_frames: int = 1,
-                executor: str = "serial", n_workers: int | None = None,
+def preoptimise(structures: list[Atoms], *, method: str = "gfn2-xtb", mbd: bool = False, fmax: float = 0.05,
+                steps: int = 200, keep_frames: int = 1, executor: str = "serial", n_workers: int | None = None,
                 progress: bool = True) -> tuple[list[Atoms], dict[str, str]]:
-    """Relax each structure with GFN2-xTB; keep ``keep_frames`` frames of each path.
+    """Relax each structure with tight binding; keep ``keep_frames`` frames of each path.
+
+    ``method`` is ``"gfn2-xtb"`` (tblite), ``"dftb3-3ob"`` (needs ``dftb+``)
+    or ``"auto"`` (DFTB3/3ob where DFTB+ and its 3ob files are installed,
+    else GFN2-xTB; resolved once here, so every structure gets the same
+    method); ``mbd`` adds MBD dispersion (see
+    :func:`qcell_nb.calculators.tightbinding.tight_binding_calculator`). Each
+    frame records the method in ``info['tb_method']``.
 
     Returns the frames (in input order) and ``{name or id: error}`` for the
     structures that failed; a failure never stops the others.
     """
+    from .calculators.tightbinding import method_label, resolve_method
+
+    method = resolve_method(method)
     keys = [f"{a.info.get('name', 'structure')}#{structure_id(a)}" for a in structures]
     frames: dict[str, list[Atoms]] = {}
     failures: dict[str, str] = {}
     map_items(_optimise_one, structures, keys, on_result=frames.__setitem__, on_failure=failures.__setitem__,
-              executor=executor, n_workers=n_workers, progress=progress, description="GFN2-xTB optimisation",
-              fmax=fmax, steps=steps, keep_frames=keep_frames)
+              executor=executor, n_workers=n_workers, progress=progress,
+              description=f"{method_label(method, mbd)} optimisation",
+              fmax=fmax, steps=steps, keep_frames=keep_frames, method=method, mbd=mbd)
     ordered = [frame for key in keys if key in frames for frame in frames[key]]
     return ordered, failures

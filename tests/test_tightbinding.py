@@ -201,3 +201,17 @@ def test_unknown_method_and_bad_ratios():
         tightbinding.tight_binding_calculator(water, mbd=True, mbd_ratios="hirshfeld")
     with pytest.raises(ValueError, match="shape"):
         tightbinding.charge_population_ratios([8, 1, 1], [0.1, 0.2])
+
+
+def test_preoptimise_passes_method_and_mbd():
+    from qcell_nb.preoptimisation import preoptimise
+
+    assert tightbinding.resolve_method("gfn2-xtb") == "gfn2-xtb"
+    if tightbinding.resolve_method("auto") == "gfn2-xtb":  # no DFTB+ here
+        with pytest.raises(ValueError, match="'xtb'"):
+            preoptimise([water_dimer()], method="xtb", progress=False)
+    frames, failures = preoptimise([water_dimer(), named("H2O", "water")], mbd=True, fmax=0.02,
+                                   progress=False)
+    assert failures == {}
+    assert [f.info["tb_method"] for f in frames] == ["GFN2-xTB(-D4)+MBD@rsSCS"] * 2
+    assert all(f.info["converged"] for f in frames)

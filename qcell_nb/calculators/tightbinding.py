@@ -49,7 +49,8 @@ from ase.optimize import LBFGS
 from ..structures import charge_of, multiplicity_of, structure_id
 
 __all__ = ["METHOD", "METHODS", "MBDCorrected", "TightBindingError", "charge_population_ratios",
-           "gfn2_calculator", "method_label", "optimise", "single_point_energy", "tight_binding_calculator"]
+           "gfn2_calculator", "method_label", "optimise", "resolve_method", "single_point_energy",
+           "tight_binding_calculator"]
 
 METHOD = "GFN2-xTB"
 
@@ -246,6 +247,25 @@ def method_label(method: str = "gfn2-xtb", mbd: bool = False) -> str:
     if method == "gfn2-xtb":
         return "GFN2-xTB(-D4)+MBD@rsSCS" if mbd else METHOD
     return "DFTB3/3ob+MBD" if mbd else "DFTB3/3ob"
+
+
+def resolve_method(method: str) -> str:
+    """``"auto"`` -> ``"dftb3-3ob"`` where DFTB+ and the 3ob files are installed, else ``"gfn2-xtb"``.
+
+    Other names are checked and returned unchanged.
+    """
+    if method != "auto":
+        _check_method(method)
+        return method
+    from .dftb import dftb_plus_binary, slater_koster_directory
+
+    if dftb_plus_binary() is None:
+        return "gfn2-xtb"
+    try:
+        slater_koster_directory()
+    except RuntimeError:
+        return "gfn2-xtb"
+    return "dftb3-3ob"
 
 
 def _check_method(method: str) -> None:
