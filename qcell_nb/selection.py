@@ -385,31 +385,38 @@ def select_representatives(structures: Sequence[Atoms], n_per_block: int, seed: 
 def plot_dihedral_coverage(candidates: Sequence[Atoms], selected: Sequence[Atoms], path=None):
     """Torsion angles of every candidate (grey) and of the selected representatives (red), per block.
 
-    One panel per block; x is the torsion (index into :func:`dihedral_indices`),
-    y its angle in degrees. Saved to ``path`` if given; returns the figure.
+    One panel per block (one column up to four blocks, three columns beyond);
+    x is the torsion (index into :func:`dihedral_indices`: ring, exocyclic and
+    glycosidic torsions alike), y its angle in degrees. Saved to ``path`` if
+    given; returns the figure.
     """
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(atoms.info["name"] for atoms in candidates))
-    fig, axes = plt.subplots(len(names), 1, figsize=(7, 2.2 * len(names)), squeeze=False, sharex=True)
-    for ax, name in zip(axes[:, 0], names):
+    columns = 1 if len(names) <= 4 else 3
+    rows = max(1, -(-len(names) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 2.2 * rows), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.ravel(), names):
         for group, style in (([a for a in candidates if a.info["name"] == name], dict(c="0.6", s=10)),
                              ([a for a in selected if a.info["name"] == name], dict(c="tab:red", s=22))):
             if not group:
                 continue
             table = dihedral_indices(group[0].info["smiles"])
-            angles = np.array([atoms.get_dihedrals(table) for atoms in group])
+            angles = np.array([atoms.get_dihedrals(table) for atoms in group]).reshape(len(group), len(table))
             angles = (angles + 180.0) % 360.0 - 180.0
-            columns = np.broadcast_to(np.arange(len(table)), angles.shape)
-            ax.scatter(columns.ravel(), angles.ravel(), **style)
+            columns_index = np.broadcast_to(np.arange(len(table)), angles.shape)
+            ax.scatter(columns_index.ravel(), angles.ravel(), **style)
         ax.set_ylim(-180, 180)
         ax.set_yticks([-180, -90, 0, 90, 180])
         ax.set_ylabel("angle (°)")
         ax.set_title(name, fontsize=9)
-    axes[-1, 0].set_xlabel("torsion (index into dihedral_indices; ring torsions sit near ±60°)")
+    for ax in axes[-1]:
+        ax.set_xlabel("torsion (index into dihedral_indices; ring torsions sit near ±60°)")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120 if len(names) <= 12 else 72)
     return fig
 
 

@@ -9,7 +9,8 @@ from rdkit import Chem
 from qcell_nb.blocks import build_monosaccharide
 from qcell_nb.sampling import conformer_search
 from qcell_nb.selection import (block_dihedral_indices, dihedral_features, dihedral_indices,
-                                glycosidic_dihedral_indices, plot_glycosidic_coverage, select_representatives)
+                                glycosidic_dihedral_indices, plot_dihedral_coverage, plot_glycosidic_coverage,
+                                select_representatives)
 
 pytest.importorskip("tblite")
 
@@ -190,3 +191,17 @@ def test_disaccharide_selection_clusters_on_phi_psi(cellobiose_conformers, tmp_p
     assert (tmp_path / "phi_psi.png").stat().st_size > 0
     assert figure.axes[0].get_xlabel().startswith("phi")
     assert plot_glycosidic_coverage([group[0].copy()], [], None) is not None
+    plot_dihedral_coverage(group, chosen, tmp_path / "torsions.png")
+    assert (tmp_path / "torsions.png").stat().st_size > 0
+
+
+def test_coverage_grid_for_many_blocks(conformers, cellobiose_conformers):
+    everything = list(conformers) + list(cellobiose_conformers)
+    renamed = []
+    for copy in range(3):  # six blocks: a 3-column grid
+        for atoms in everything:
+            clone = atoms.copy()
+            clone.info = dict(atoms.info, name=f"{atoms.info['name']} #{copy}")
+            renamed.append(clone)
+    figure = plot_dihedral_coverage(renamed, renamed[:2])
+    assert len([ax for ax in figure.axes if ax.axison]) == 9

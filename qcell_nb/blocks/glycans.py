@@ -231,7 +231,7 @@ def build_disaccharide(donor: str, acceptor: str, linkage: str = "1-4", anomer: 
     donor, acceptor, linkage:
         See :func:`disaccharide_smiles`.
     anomer:
-        ``"alpha"``/``"beta"`` of the glycosidic bond (default beta); ``None``
+        ``"alpha"``/``"beta"`` of the glycosidic bond; ``None`` (default)
         keeps the donor's anomer as named.
     seed:
         ETKDGv3 embedding seed.
