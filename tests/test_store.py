@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from qcell_nb.store import Dataset, read_structures, write_structures
+from qcell_nb.store import (Dataset, clear_failures, failures_path_of, read_failures, read_structures,
+                            write_structures)
 from qcell_nb.structures import multiplicity_of, structure_id
 
 
@@ -71,3 +72,27 @@ def test_dataset_metadata_persists(tmp_path):
     reopened = Dataset(tmp_path / "d.db")
     reopened.update_metadata(extra=1)
     assert reopened.metadata == {"level_of_theory": "PBE0+MBD", "units": {"energy": "eV"}, "extra": 1}
+
+
+def test_failures_can_be_cleared_for_a_retry_and_read_without_a_database(tmp_path):
+    dataset = Dataset(tmp_path / "dataset.db")
+    first, second = water(), water(charge=1)
+    dataset.record_failure(structure_id(first), "water", "05_reference", "SCF did not converge")
+    dataset.record_failure(structure_id(second), "cation", "05_reference", "9 electrons cannot have multiplicity 1")
+    table = failures_path_of(tmp_path / "dataset.db")
+    assert table == dataset.failures_path == tmp_path / "dataset.failures.jsonl"
+    assert [f["error"] for f in read_failures(table)] == ["SCF did not converge",
+                                                           "9 electrons cannot have multiplicity 1"]
+    assert read_failures(tmp_path / "absent.failures.jsonl") == []
+
+    cleared = dataset.clear_failures([structure_id(first)])
+    assert [f["name"] for f in cleared] == ["water"]
+    assert [f["name"] for f in dataset.failures()] == ["cation"]
+    assert [f["name"] for f in clear_failures(table)] == ["cation"]
+    assert Dataset(tmp_path / "dataset.db").failures() == []
+    # A failure recorded again after a retry is current again, with its new error.
+    dataset.record_failure(structure_id(second), "cation", "05_reference", "still inconsistent")
+    assert [f["error"] for f in read_failures(table)] == ["still inconsistent"]
+    with open(table, "a") as handle:
+        handle.write('{"sid": "cut-sho')  # a line cut short by a crash
+    assert [f["error"] for f in read_failures(table)] == ["still inconsistent"]
