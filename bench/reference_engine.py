@@ -1,0 +1,256 @@
+"""Reference engine benchmark: our PBE0+MBD label vs default PySCF, JAX MBD vs pymbd.
+
+Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
+
+(a) Per-structure wall time of ``label_structure`` (density fitting with
+    def2-universal-jkfit, grid response, Hirshfeld analysis, MBD@rsSCS energy
+    and forces) against default PySCF (no density fitting, default grids
+    level 3, default conv_tol 1e-9 Ha, PBE0 energy + analytic gradient only)
+    on the same molecules, single-threaded (``OMP_NUM_THREADS``), with the
+    PBE0 energy and force differences between the two, for glycine oligomers
+    (10 to 150 atoms) in the full mode; the scaling exponents t ~ N^k are
+    fitted. Target: at least 3x faster at under 0.05 kcal/mol energy and
+    0.05 kcal/mol/Å force difference.
+(b) MBD@rsSCS energy + forces in JAX (one call, after compilation; the
+    compilation time is listed too) against central finite differences of
+    pymbd's energy (6N+1 energy calls), with their agreement. Target: at
+    least 10x faster.
+(c) ``--convergence``: the grid-level / conv_tol table of
+    :mod:`qcell_nb.calculators.pbe0` (water, methanol; def2-TZVP).
+(d) S22 dimers with counterpoise: water dimer (and benzene-water in the full
+    mode) against CCSD(T)/CBS.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/reference_engine.py --quick
+    OMP_NUM_THREADS=1 .venv/bin/python bench/reference_engine.py            # full: hours on one core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import molecule
+from ase.data import s22
+from ase.units import Bohr, Hartree, kcal, mol
+
+KCAL_MOL = kcal / mol  # eV
+
+
+def glycine_oligomer(n_residues: int, seed: int = 0) -> Atoms:
+    """H-(Gly)n-OH as an RDKit-embedded, MMFF-relaxed 3D structure (7n + 3 atoms)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    smiles = "NCC(=O)" + "NCC(=O)" * (n_residues - 1) + "O"
+    rd = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    if AllChem.EmbedMolecule(rd, randomSeed=seed) != 0:
+        raise RuntimeError(f"RDKit could not embed {smiles}")
+    AllChem.MMFFOptimizeMolecule(rd, maxIters=500)
+    positions = rd.GetConformer().GetPositions()
+    return Atoms([a.GetSymbol() for a in rd.GetAtoms()], positions=positions,
+                 info={"name": f"Gly{n_residues}"})
+
+
+def default_pyscf(atoms: Atoms, basis: str) -> tuple[float, np.ndarray, float]:
+    """PBE0 energy (eV), forces (eV/Å) and wall time (s) with PySCF's defaults (no DF)."""
+    from pyscf import dft, gto
+
+    start = time.perf_counter()
+    mole = gto.M(atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                 basis=basis, verbose=0)
+    mf = dft.RKS(mole)
+    mf.xc = "pbe0"
+    mf.kernel()
+    if not mf.converged:
+        raise RuntimeError(f"{atoms.info['name']}: default PySCF SCF did not converge")
+    gradient = mf.nuc_grad_method().kernel()
+    return float(mf.e_tot) * Hartree, -np.asarray(gradient) * Hartree / Bohr, time.perf_counter() - start
+
+
+def ours(atoms: Atoms, **params) -> tuple[float, np.ndarray, float, dict]:
+    """Our label: PBE0 energy (eV), PBE0 forces (eV/Å, MBD part removed), wall time, full result."""
+    from qcell_nb.calculators.mbd import mbd_energy_and_forces
+    from qcell_nb.calculators.pbe0 import label_structure
+
+    start = time.perf_counter()
+    result = label_structure(atoms, **params)
+    elapsed = time.perf_counter() - start
+    _, mbd_forces = mbd_energy_and_forces(atoms.positions, atoms.numbers, result["hirsh_ratios"], variant="rsscs")
+    return result["pbe0_energy"], result["forces"] - mbd_forces, elapsed, result
+
+
+def fit_exponent(sizes: list[int], times: list[float]) -> float | None:
+    if len(sizes) < 3:
+        return None
+    return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
+
+
+def bench_labels(structures: list[Atoms], basis: str, grid_level: int) -> dict:
+    rows = []
+    # warm-up: imports, JAX compilation, free-atom cache
+    ours(molecule("H2O"), basis=basis, grid_level=grid_level)
+    for atoms in structures:
+        e_ref, f_ref, t_ref, = default_pyscf(atoms, basis)
+        e_our, f_our, t_our, result = ours(atoms, basis=basis, grid_level=grid_level)
+        row = {
+            "name": atoms.info["name"], "n_atoms": len(atoms), "basis": basis,
+            "t_default_pyscf_s": t_ref, "t_ours_s": t_our, "speedup": t_ref / t_our,
+            "energy_diff_kcal_mol": abs(e_our - e_ref) / KCAL_MOL,
+            "energy_diff_per_atom_kcal_mol": abs(e_our - e_ref) / KCAL_MOL / len(atoms),
+            "max_force_diff_kcal_mol_A": float(np.abs(f_our - f_ref).max()) / KCAL_MOL,
+            "scf_iterations": result["scf_iterations"],
+        }
+        rows.append(row)
+        print(f"  {row['name']:8s} N={row['n_atoms']:4d}  default {t_ref:8.1f} s  ours {t_our:8.1f} s  "
+              f"x{row['speedup']:5.2f}  dE {row['energy_diff_kcal_mol']:.4f} kcal/mol  "
+              f"dF {row['max_force_diff_kcal_mol_A']:.4f} kcal/mol/Å", flush=True)
+    sizes = [r["n_atoms"] for r in rows]
+    return {
+        "setting_ours": f"label_structure(basis={basis!r}, grid_level={grid_level}): DF def2-universal-jkfit, "
+                        "grid response, conv_tol 1e-9, Hirshfeld + MBD@rsSCS energy and forces",
+        "setting_default": f"pyscf dft.RKS(basis={basis!r}, xc='pbe0') defaults: no DF, grids level 3, conv_tol 1e-9; "
+                           "energy + analytic gradient (no Hirshfeld, no MBD)",
+        "rows": rows,
+        "exponent_default": fit_exponent(sizes, [r["t_default_pyscf_s"] for r in rows]),
+        "exponent_ours": fit_exponent(sizes, [r["t_ours_s"] for r in rows]),
+        "target": "speedup >= 3 at energy and force differences < 0.05 kcal/mol(/Å)",
+    }
+
+
+def bench_mbd(structures: list[Atoms], step: float = 1e-4) -> dict:
+    import pymbd
+
+    from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces, padded_size
+
+    beta = default_damping("rsscs", "pbe0")
+    rng = np.random.default_rng(0)
+    rows = []
+    for atoms in structures:
+        ratios = rng.uniform(0.6, 0.95, len(atoms))  # typical Hirshfeld ratios
+        start = time.perf_counter()
+        mbd_energy_and_forces(atoms.positions, atoms.numbers, ratios, variant="rsscs", beta=beta)
+        t_first = time.perf_counter() - start  # includes compilation for this padded size
+        start = time.perf_counter()
+        energy, forces = mbd_energy_and_forces(atoms.positions, atoms.numbers, ratios, variant="rsscs", beta=beta)
+        t_jax = time.perf_counter() - start
+        species = atoms.get_chemical_symbols()
+
+        def pymbd_energy(positions: np.ndarray) -> float:
+            return pymbd.mbd_energy_species(positions / Bohr, species, ratios, beta) * Hartree
+
+        start = time.perf_counter()
+        e_pymbd = pymbd_energy(atoms.positions)
+        fd = np.zeros_like(atoms.positions)
+        for i in range(len(atoms)):
+            for k in range(3):
+                plus, minus = atoms.positions.copy(), atoms.positions.copy()
+                plus[i, k] += step
+                minus[i, k] -= step
+                fd[i, k] = -(pymbd_energy(plus) - pymbd_energy(minus)) / (2 * step)
+        t_fd = time.perf_counter() - start
+        row = {"name": atoms.info["name"], "n_atoms": len(atoms), "padded_size": padded_size(len(atoms)),
+               "t_jax_s": t_jax, "t_jax_first_call_s": t_first, "t_pymbd_fd_s": t_fd, "speedup": t_fd / t_jax,
+               "energy_diff_eV": abs(energy - e_pymbd), "max_force_diff_eV_A": float(np.abs(forces - fd).max())}
+        rows.append(row)
+        print(f"  {row['name']:8s} N={row['n_atoms']:4d}  JAX {t_jax*1e3:8.1f} ms (first {t_first:5.1f} s)  "
+              f"pymbd FD {t_fd:7.2f} s  x{row['speedup']:7.0f}  dE {row['energy_diff_eV']:.1e} eV  "
+              f"dF {row['max_force_diff_eV_A']:.1e} eV/Å", flush=True)
+    return {"rows": rows, "fd_step_A": step, "target": "speedup >= 10"}
+
+
+def bench_convergence() -> dict:
+    from pyscf import dft, gto
+
+    def run(atoms, level, conv_tol, conv_tol_grad=None):
+        mole = gto.M(atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+                     basis="def2-tzvp", verbose=0)
+        mf = dft.RKS(mole)
+        mf.xc, mf.grids.level, mf.conv_tol = "pbe0", level, conv_tol
+        if conv_tol_grad is not None:
+            mf.conv_tol_grad = conv_tol_grad
+        mf = mf.density_fit(auxbasis="def2-universal-jkfit")
+        mf.kernel()
+        grad = mf.nuc_grad_method()
+        grad.grid_response = True
+        return mf.e_tot * Hartree, -grad.kernel() * Hartree / Bohr
+
+    rows = []
+    for name in ("H2O", "CH3OH"):
+        atoms = molecule(name)
+        atoms.rattle(0.05, seed=1)
+        e_ref, f_ref = run(atoms, 8, 1e-13, 1e-9)
+        for level, conv_tol, conv_tol_grad in [(3, 1e-10, None), (4, 1e-10, 1e-6), (5, 1e-10, None), (4, 1e-9, None)]:
+            energy, forces = run(atoms, level, conv_tol, conv_tol_grad)
+            row = {"molecule": name, "grid_level": level, "conv_tol": conv_tol, "conv_tol_grad": conv_tol_grad,
+                   "energy_diff_eV": abs(energy - e_ref), "max_force_diff_eV_A": float(np.abs(forces - f_ref).max())}
+            rows.append(row)
+            print(f"  {name:6s} grid {level} conv_tol {conv_tol:g} conv_tol_grad {conv_tol_grad}  "
+                  f"dE {row['energy_diff_eV']:.1e} eV  dF {row['max_force_diff_eV_A']:.1e} eV/Å", flush=True)
+    return {"reference": "grid level 8, conv_tol 1e-13, conv_tol_grad 1e-9; def2-TZVP, DF, grid response",
+            "criteria": "energy 1e-5 eV, forces 1e-4 eV/Å", "rows": rows}
+
+
+def bench_dimers(names: list[str], basis: str) -> dict:
+    from qcell_nb.calculators.pbe0 import interaction_energy
+
+    rows = []
+    for name in names:
+        dimer = s22.create_s22_system(name)
+        dimer.info["name"] = name
+        n_first = s22.data[name]["dimer atoms"][0]
+        start = time.perf_counter()
+        result = interaction_energy(dimer, n_first, counterpoise=True, basis=basis, grid_level=4, conv_tol=1e-10)
+        row = {"dimer": name, "basis": basis, "wall_time_s": time.perf_counter() - start,
+               **{f"{k}_kcal_mol": v / KCAL_MOL for k, v in result.items()},
+               "ccsdt_cbs_kcal_mol": s22.data[name]["interaction energy CC"] / KCAL_MOL}
+        row["deviation_kcal_mol"] = row["interaction_energy_kcal_mol"] - row["ccsdt_cbs_kcal_mol"]
+        rows.append(row)
+        print(f"  {name:22s} {basis}: PBE0+MBD {row['interaction_energy_kcal_mol']:7.3f} (PBE0 {row['pbe0_kcal_mol']:.3f}, "
+              f"MBD {row['mbd_kcal_mol']:.3f}) vs CCSD(T)/CBS {row['ccsdt_cbs_kcal_mol']:.3f} kcal/mol", flush=True)
+    return {"reference": "S22 CCSD(T)/CBS (Takatani et al. 2010, ase.data.s22)", "counterpoise": True, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small molecules and basis (minutes)")
+    parser.add_argument("--convergence", action="store_true", help="also the grid/threshold table (c)")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "reference_engine.json"))
+    args = parser.parse_args()
+
+    if args.quick:
+        label_structures = [molecule("H2O"), molecule("CH3OH")] + [glycine_oligomer(n) for n in (1, 2)]
+        label_basis, mbd_sizes, dimer_names, dimer_basis = "def2-svp", (1, 2, 5, 10), ["Water_dimer"], "def2-svp"
+    else:
+        label_structures = [glycine_oligomer(n) for n in (1, 3, 7, 14, 21)]
+        label_basis, mbd_sizes = "def2-svp", (1, 3, 7, 14, 21, 42)
+        dimer_names, dimer_basis = ["Water_dimer", "Benzene-water_complex"], "def2-tzvp"
+    for atoms in label_structures:
+        atoms.info.setdefault("name", atoms.get_chemical_formula())
+
+    report = {"mode": "quick" if args.quick else "full", "host": platform.node(),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average": os.getloadavg()}
+    print(f"(a) PBE0+MBD labels vs default PySCF ({label_basis})")
+    report["labels"] = bench_labels(label_structures, label_basis, grid_level=3)
+    print(f"    fitted exponent: default {report['labels']['exponent_default']}, ours {report['labels']['exponent_ours']}")
+    print("(b) MBD@rsSCS energy+forces: JAX vs finite differences of pymbd")
+    report["mbd"] = bench_mbd([glycine_oligomer(n) for n in mbd_sizes])
+    if args.convergence:
+        print("(c) grid / SCF threshold convergence (def2-TZVP)")
+        report["convergence"] = bench_convergence()
+    print(f"(d) S22 dimers, counterpoise, {dimer_basis}")
+    report["dimers"] = bench_dimers(dimer_names, dimer_basis)
+    report["load_average_end"] = os.getloadavg()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=float))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
