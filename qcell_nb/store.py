@@ -191,9 +191,8 @@ class Dataset:
     def record_failure(self, sid: str, name: str, stage: str, error: str) -> None:
         """Append a failed item (its id, name, stage and error text)."""
         self.failures_path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"sid": sid, "name": name, "stage": stage, "error": error, "time": time.time()}
-        with open(self.failures_path, "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        _append_entries(self.failures_path, [{"sid": sid, "name": name, "stage": stage, "error": error,
+                                              "time": time.time()}])
         self._failed_ids.add(sid)
 
     def failures(self) -> list[dict[str, Any]]:
@@ -255,6 +254,16 @@ def clear_failures(failures_path: str | os.PathLike, sids: Iterable[str] | None 
 
 
 def _append_resolved(path: Path, sids: list[str], reason: str) -> None:
-    with open(path, "a") as handle:
-        for sid in sids:
-            handle.write(json.dumps({"sid": sid, "resolved": True, "reason": reason, "time": time.time()}) + "\n")
+    _append_entries(path, [{"sid": sid, "resolved": True, "reason": reason, "time": time.time()} for sid in sids])
+
+
+def _append_entries(path: Path, entries: list[dict[str, Any]]) -> None:
+    """Append JSON lines; start on a fresh line if a crash left the last one unfinished."""
+    with open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        broken = False
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            broken = handle.read(1) != b"\n"
+        text = ("\n" if broken else "") + "".join(json.dumps(entry) + "\n" for entry in entries)
+        handle.write(text.encode())
