@@ -231,6 +231,7 @@ def test_presets_and_explicit_overrides() -> None:
     with pytest.raises(ValueError, match="device 'tpu'"):
         PBE0MBD(device="tpu")
     assert level_of_theory(preset="tight") == "PBE0+MBD@rsSCS/def2-tzvp (PySCF DF)"
+    assert level_of_theory(preset="tight", basis="def2-svp") == "PBE0+MBD@rsSCS/def2-svp (PySCF DF)"
     assert "def2-tzvp (<= 350 atoms), def2-svp (larger)" in level_of_theory(preset="auto")
     # the calculator applies the preset (light: def2-SVP, grid level 3, 1e-9 Ha) unless overridden
     atoms = water("preset water")

@@ -179,28 +179,31 @@ def resolve_parameters(params: dict[str, Any], n_atoms: int | None = None) -> di
 
 
 def level_of_theory(
-    basis: str = DEFAULT_PARAMETERS["basis"],
+    basis: str | None = None,
     xc: str = DEFAULT_PARAMETERS["xc"],
     mbd: str | None = DEFAULT_PARAMETERS["mbd"],
     preset: str | None = None,
-    **explicit: Any,
+    **_: Any,
 ) -> str:
     """Short description of a labelling setting, e.g. ``"PBE0+MBD@rsSCS/def2-svp (PySCF DF)"``.
 
     Accepts (and ignores) the calculator's other parameters so that
-    ``level_of_theory(**calc_params)`` works. With a preset its basis is used
-    unless ``basis`` is given; ``preset="auto"`` names both bases.
+    ``level_of_theory(**calc_params)`` works. ``basis`` None means the
+    preset's basis (``preset="auto"`` names both) or the default one.
     """
     disp = {"rsscs": "+MBD@rsSCS", "ts": "+TS", None: ""}.get(mbd)
     if disp is None:
         raise ValueError(f"unknown mbd variant {mbd!r}; use 'rsscs', 'ts' or None")
-    if preset == "auto" and basis == DEFAULT_PARAMETERS["basis"]:
-        tight, inter = PRESETS["tight"]["basis"], PRESETS["intermediate"]["basis"]
-        basis = f"{tight} (<= {AUTO_INTERMEDIATE_ATOMS} atoms), {inter} (larger)"
-    elif preset is not None and basis == DEFAULT_PARAMETERS["basis"]:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS) + ['auto']} or None")
-        basis = PRESETS[preset]["basis"]
+    if basis is None:
+        if preset == "auto":
+            tight, inter = PRESETS["tight"]["basis"], PRESETS["intermediate"]["basis"]
+            basis = f"{tight} (<= {AUTO_INTERMEDIATE_ATOMS} atoms), {inter} (larger)"
+        elif preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS) + ['auto']} or None")
+            basis = PRESETS[preset]["basis"]
+        else:
+            basis = DEFAULT_PARAMETERS["basis"]
     return f"{xc.upper()}{disp}/{basis} (PySCF DF)"
 
 
