@@ -163,11 +163,11 @@ def test_md_is_reproducible_under_the_seed_and_models_are_named():
     # Bit-for-bit: OpenMM's CPU platform sums forces in a fixed order while ions are sampled.
     settings = MDSettings(equilibration_steps=0, production_steps=40, report_interval=20, threads=1)
     ion = build_ions(["Cl-"])
-    first = sample_ion_boxes(ion, box_size=18.0, settings=settings, seed=2, water_model="tip3p")
-    again = sample_ion_boxes(ion, box_size=18.0, settings=settings, seed=2, water_model="tip3p")
+    first = sample_ion_boxes(ion, box_size=12.0, settings=settings, seed=2, water_model="tip3p", cutoff=6.0)
+    again = sample_ion_boxes(ion, box_size=12.0, settings=settings, seed=2, water_model="tip3p", cutoff=6.0)
     assert [structure_id(f) for f in first] == [structure_id(f) for f in again]
     assert first[0].info["water_model"] == "TIP3P" and first[0].info["charge"] == -1
     with pytest.raises(ValueError, match="unknown water model 'mbpol'"):
         sample_ion_boxes(ion, settings=settings, water_model="mbpol")
-    with pytest.raises(ValueError, match="box_size=15.0"):
+    with pytest.raises(ValueError, match="box_size=15.0 Å: must be at least twice the 9.0 Å cutoff"):
         sample_ion_boxes(ion, box_size=15.0, settings=settings)
