@@ -31,7 +31,7 @@ from ase.calculators.calculator import Calculator
 from ..structures import charge_of, multiplicity_of
 
 __all__ = ["HUBBARD_DERIVATIVES_3OB", "dftb3_calculator", "dftb3_parameters", "dftb_plus_binary",
-           "slater_koster_directory"]
+           "remove_temporary_directory", "slater_koster_directory"]
 
 #: 3ob-3-1 Hubbard derivatives dU/dq (Ha/e) for ThirdOrderFull, as listed in
 #: the 3ob-3-1 set's documentation.
@@ -160,7 +160,19 @@ def dftb3_calculator(atoms: Atoms, mbd: bool = False, mbd_beta: float | None = N
         raise RuntimeError("method 'dftb3-3ob' needs the dftb+ binary on PATH, which pip cannot install: "
                            "`conda install -c conda-forge dftbplus`, or use method='gfn2-xtb'")
     slako = slater_koster_directory(sorted(set(atoms.get_chemical_symbols())))
-    if directory is None:
+    temporary = directory is None
+    if temporary:
         directory = tempfile.mkdtemp(prefix="qcell-dftb-")
-    return Dftb(directory=str(directory), label="dftb", command=f"{binary} > dftb.out",
+    calc = Dftb(directory=str(directory), label="dftb", command=f"{binary} > dftb.out",
                 slako_dir=str(slako) + "/", **params)
+    # optimise() and single_point_energy() remove a directory they did not get from the caller
+    calc.temporary_directory = str(directory) if temporary else None
+    return calc
+
+
+def remove_temporary_directory(calc: Calculator) -> None:
+    """Delete the scratch directory :func:`dftb3_calculator` made for ``calc``, if any."""
+    directory = getattr(calc, "temporary_directory", None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        calc.temporary_directory = None

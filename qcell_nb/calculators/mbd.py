@@ -575,10 +575,13 @@ def vv_cutoff(rho: np.ndarray, grad: np.ndarray, tau: np.ndarray) -> np.ndarray:
 
 
 def _vv_integrals(rho_block: np.ndarray, weights: np.ndarray, freq: np.ndarray) -> np.ndarray:
-    """sum_g w_g f_cut(g) alpha_VV(g, iu) for one grid block; rho_block from eval_rho(MGGA), shape (f,)... per weight row.
+    """Cut-off VV polarisability integrated with weights over one grid block, shape (k, f).
 
-    ``weights`` has shape (k, g) (one row per partition, e.g. per atom);
-    returns shape (k, f).
+    ``rho_block`` is PySCF's ``eval_rho(..., "MGGA", with_lapl=False)`` output
+    (n, grad n (3 rows), tau), shape (5, g); ``weights`` has shape (k, g):
+    quadrature weights times one partition per row (e.g. Hirshfeld weights
+    of k atoms); ``freq`` the imaginary frequencies (f,). Returns
+    sum_g weights[k, g] f_cut(g) alpha_VV(g, iu_f) in bohr^3.
     """
     rho, grad_vec, tau = rho_block[0], rho_block[1:4], rho_block[-1]
     keep = rho > VV_DENSITY_FLOOR

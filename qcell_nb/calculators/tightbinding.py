@@ -382,8 +382,19 @@ def single_point_energy(atoms: Atoms, accuracy: float = 1.0, max_iterations: int
     # A fresh calculator per structure: no SCF restart from another geometry,
     # so an energy does not depend on what was computed before it.
     work.calc = tight_binding_calculator(atoms, method, mbd, accuracy=accuracy, max_iterations=max_iterations)
-    with _thread_limit(threads):
-        return _energy_forces(work, method_label(method, mbd))[0]
+    try:
+        with _thread_limit(threads):
+            return _energy_forces(work, method_label(method, mbd))[0]
+    finally:
+        _release(work.calc)
+
+
+def _release(calc: Calculator) -> None:
+    """Remove a DFTB+ scratch directory the calculator factory created (no-op otherwise)."""
+    if getattr(calc, "temporary_directory", None):
+        from .dftb import remove_temporary_directory
+
+        remove_temporary_directory(calc)
 
 
 def _frame_indices(n_path: int, keep_frames: int) -> list[int]:
@@ -461,12 +472,14 @@ def optimise(atoms: Atoms, fmax: float = 0.05, steps: int = 200, keep_frames: in
     try:
         with _thread_limit(threads):
             converged = bool(optimizer.run(fmax=fmax, steps=steps))
+        if not path or not np.array_equal(path[-1][0], work.positions):
+            record()
     except TightBindingError:
         raise
     except Exception as err:  # a failure inside the optimiser's own force call
         raise TightBindingError(f"{label} optimisation failed for {_label(atoms)}: {err}") from err
-    if not path or not np.array_equal(path[-1][0], work.positions):
-        record()
+    finally:
+        _release(work.calc)
 
     parent = structure_id(atoms)
     frames = []
