@@ -192,3 +192,26 @@ def test_errors_name_the_input():
         build_carbohydrate_blocks(disaccharides=["maltose", "lactulose"])
     with pytest.raises(ValueError, match="GlcNAc-Lys"):
         build_carbohydrate_blocks(glycopeptides=["GlcNAc-Lys"])
+
+
+def test_every_library_sugar_as_donor_and_acceptor():
+    """Each sugar linked from/to glucose at every position that has a hydroxyl keeps all its stereocentres."""
+    from qcell_nb.blocks.carbohydrates import LIBRARY
+
+    glucose = Chem.MolFromSmiles(MONOSACCHARIDES["beta-D-glucopyranose"])
+    built = 0
+    for name, entry in LIBRARY.items():
+        sugar = Chem.MolFromSmiles(MONOSACCHARIDES[name])
+        pairs = [(name, "beta-D-glucopyranose", f"{entry.anomeric_carbon}-{p}") for p in (1, 2, 3, 4, 6)]
+        pairs += [("beta-D-glucopyranose", name, f"1-{p}") for p in range(1, 10)]
+        for donor, acceptor, linkage in pairs:
+            try:
+                smiles = disaccharide_smiles(donor, acceptor, linkage)
+            except ValueError as err:
+                assert f"C{linkage.split('-')[1]}" in str(err)  # no hydroxyl there: named
+                continue
+            mol = Chem.MolFromSmiles(smiles)
+            assert mol.HasSubstructMatch(sugar, useChirality=True), (donor, acceptor, linkage)
+            assert mol.HasSubstructMatch(glucose, useChirality=True), (donor, acceptor, linkage)
+            built += 1
+    assert built > 300
