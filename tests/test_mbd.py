@@ -308,3 +308,18 @@ def test_mbd_nl_from_scf(water_scf) -> None:
                                          c6_ratios=ratios["c6_ratios"])
     assert energy == pytest.approx(expected[0], abs=1e-12) and energy < 0
     np.testing.assert_allclose(forces, expected[1], atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["rsscs", "nl"])
+def test_base_pair_forces_match_finite_differences(variant: str) -> None:
+    # a larger, padded system (35 atoms -> 40): padding must not leak into the gradient
+    positions, numbers, ratios = gc_pair()
+    _, forces = mbd.mbd_energy_and_forces(positions, numbers, ratios, variant=variant)
+    step = 1e-4
+    for i, k in [(11, 0), (24, 1), (34, 2)]:  # guanine O6, cytosine N4, a cytosine H
+        energies = []
+        for sign in (1, -1):
+            shifted = positions.copy()
+            shifted[i, k] += sign * step
+            energies.append(mbd.mbd_energy(shifted, numbers, ratios, variant=variant))
+        assert forces[i, k] == pytest.approx(-(energies[0] - energies[1]) / (2 * step), abs=1e-6)
