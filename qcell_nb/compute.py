@@ -260,7 +260,8 @@ def map_items(
         a deterministic error fails again and is then reported. Items on a
         worker that died are rerun elsewhere without counting against this.
     progress:
-        Show a tqdm progress bar (and print the Dask dashboard's link).
+        Show a tqdm progress bar. The Dask dashboard's link, where the
+        cluster has one, is printed either way (and kept in the summary).
     """
     if len(items) != len(keys):
         raise ValueError(f"map_items: {len(items)} items but {len(keys)} keys")
@@ -299,7 +300,7 @@ def map_items(
             return summary
         with dask_client(spec, n_workers, threads_per_worker) as client:
             summary.dashboard = dashboard_link(client)
-            if summary.dashboard and progress:
+            if summary.dashboard:
                 print(f"Dask dashboard: {summary.dashboard}", flush=True)
             _map_on_dask(client, func, items, keys, func_kwargs, retries, handle_ok, handle_error)
         return summary

@@ -93,7 +93,7 @@ def test_serial_retries_a_transient_error():
 def test_local_cluster_reports_its_dashboard(capsys):
     results = {}
     summary = map_items(math.sqrt, [4.0], ["a"], on_result=results.__setitem__, on_failure=print,
-                        executor="local", n_workers=1, progress=True)
+                        executor="local", n_workers=1, progress=False)
     assert results == {"a": 2.0}
     assert summary.dashboard and summary.dashboard.startswith("http")
     assert f"Dask dashboard: {summary.dashboard}" in capsys.readouterr().out
