@@ -171,3 +171,13 @@ def test_md_is_reproducible_under_the_seed_and_models_are_named():
         sample_ion_boxes(ion, settings=settings, water_model="mbpol")
     with pytest.raises(ValueError, match="box_size=15.0 Å: must be at least twice the 9.0 Å cutoff"):
         sample_ion_boxes(ion, box_size=15.0, settings=settings)
+
+
+def test_sampling_rejects_bad_inputs_before_running():
+    npt = MDSettings(pressure=1.0, equilibration_steps=0, production_steps=20, report_interval=20)
+    with pytest.raises(ValueError, match="box_size=18.5 Å at constant pressure"):
+        sample_ion_boxes(build_ions(["Na+"]), box_size=18.5, settings=npt)
+    stray = build_ions(["Na+"])[0]
+    stray.info["name"] = "Zn2+"
+    with pytest.raises(ValueError, match=r"unknown ion 'Zn2\+'"):
+        sample_ion_boxes([build_ions(["Na+"])[0], stray], box_size=20.0, settings=npt)
