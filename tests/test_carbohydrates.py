@@ -233,3 +233,19 @@ def test_small_molecules_from_smiles():
     assert 0.9 < water.get_distance(0, 1) < 1.05
     acetate = molecule_from_smiles("CC(=O)[O-]", name="acetate")
     assert acetate.info["charge"] == -1 and acetate.info["multiplicity"] == 1
+
+
+def test_entries_are_validated():
+    from qcell_nb.blocks.carbohydrates import Monosaccharide
+
+    with pytest.raises(ValueError, match="RLR"):
+        Monosaccharide("bad-hexose", "hexopyranose", "RLR", "alpha")
+    with pytest.raises(ValueError, match="gamma"):
+        Monosaccharide("bad-anomer", "hexopyranose", "RLRR", "gamma")
+    with pytest.raises(ValueError, match="heptopyranose"):
+        Monosaccharide("bad-ring", "heptopyranose", "RLRR", "alpha")
+    # A hand-made entry: 6-deoxy-beta-D-glucopyranose (quinovose) has glucose's ring labels
+    # except C4, whose C5 branch now reads (O,C,H) through the ring O as before: same labels.
+    quinovose = Monosaccharide("beta-D-quinovopyranose", "hexopyranose", "RLRR", "beta", ((6, "C"),))
+    assert sugar_carbon_cip(Chem.MolFromSmiles(quinovose.smiles)) == {"C1": "R", "C2": "R", "C3": "S", "C4": "S",
+                                                                       "C5": "R"}

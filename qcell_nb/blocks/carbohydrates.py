@@ -137,6 +137,16 @@ class Monosaccharide:
     anomer: str
     substituents: tuple[tuple[int, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.template not in _TEMPLATES:
+            raise ValueError(f"{self.name}: unknown ring template {self.template!r}; known: {', '.join(_TEMPLATES)}")
+        chain = len(_RIGHT_TAG[self.template]) - 1
+        if len(self.configuration) != chain or set(self.configuration) - {"R", "L"}:
+            raise ValueError(f"{self.name}: configuration {self.configuration!r} must be {chain} letters R/L "
+                             f"for a {self.template}")
+        if self.anomer not in ("alpha", "beta"):
+            raise ValueError(f"{self.name}: anomer must be 'alpha' or 'beta', got {self.anomer!r}")
+
     @property
     def anomeric_carbon(self) -> int:
         """Sugar number of the anomeric carbon (1 for aldoses, 2 for ketoses)."""
