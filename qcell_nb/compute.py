@@ -49,9 +49,8 @@ from tqdm.auto import tqdm
 #: Executor kinds :func:`parse_executor` knows.
 EXECUTOR_KINDS = ("serial", "local", "address", "slurm")
 _ADDRESS_PREFIXES = ("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")
-# Used for SLURM jobs unless the call or the user's dask-jobqueue config gives them:
-# one single-threaded worker per job, as for a local cluster.
-_SLURM_DEFAULTS = {"cores": 1, "processes": 1, "memory": "4GB"}
+# Used for SLURM jobs unless the call or the user's dask-jobqueue config gives them.
+_SLURM_DEFAULTS = {"cores": 1, "memory": "4GB"}
 
 
 @dataclass(frozen=True)
@@ -139,9 +138,11 @@ def parse_executor(spec: str | Mapping[str, Any] | ExecutorSpec) -> ExecutorSpec
 def slurm_cluster(options: Mapping[str, Any] | None = None):
     """A ``dask_jobqueue.SLURMCluster`` with ``options``; no job is submitted until it is scaled.
 
-    ``cores``, ``processes`` and ``memory`` default to 1, 1 and 4GB where
-    neither ``options`` nor the dask-jobqueue configuration set them.
-    ``cluster.job_script()`` shows the batch script each worker job runs.
+    ``cores`` and ``memory`` default to 1 and 4GB, and ``processes`` to
+    ``cores`` (single-threaded workers, as on a local cluster), where neither
+    ``options`` nor the dask-jobqueue configuration set them. Each job runs
+    ``processes`` workers sharing its ``cores`` and ``memory``.
+    ``cluster.job_script()`` shows the batch script each job runs.
     """
     import dask
     from dask_jobqueue import SLURMCluster
@@ -150,6 +151,8 @@ def slurm_cluster(options: Mapping[str, Any] | None = None):
     for name, value in _SLURM_DEFAULTS.items():
         if name not in kwargs and dask.config.get(f"jobqueue.slurm.{name}", None) is None:
             kwargs[name] = value
+    if "processes" not in kwargs and dask.config.get("jobqueue.slurm.processes", None) is None:
+        kwargs["processes"] = kwargs.get("cores") or dask.config.get("jobqueue.slurm.cores")
     return SLURMCluster(**kwargs)
 
 
@@ -182,10 +185,11 @@ def dask_client(executor: str | Mapping[str, Any] | ExecutorSpec, n_workers: int
         cluster = LocalCluster(**options)
     elif spec.kind == "slurm":
         cluster = slurm_cluster(spec.options)
-        cluster.scale(n_workers or 1)
     elif spec.kind != "address":
         raise ValueError(f"executor {executor!r} does not use Dask")
     try:
+        if spec.kind == "slurm":
+            cluster.scale(n_workers or 1)  # n_workers workers: ceil(n_workers / processes) jobs
         client = Client(cluster if cluster is not None else spec.address)
         try:
             yield client

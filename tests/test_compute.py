@@ -62,13 +62,20 @@ def test_slurm_job_script_requests_the_resources_without_submitting():
     assert "--nworkers 2" in script and "--nthreads 4" in script and sys.executable in script
 
 
-def test_slurm_defaults_fill_what_neither_call_nor_config_give():
-    cluster = slurm_cluster({"scheduler_options": {"dashboard_address": ":0"}})
+@pytest.mark.parametrize("options, lines", [
+    ({}, ["#SBATCH --cpus-per-task=1", "#SBATCH --mem=4G", "--nthreads 1"]),
+    # Given cores alone: one single-threaded worker per core, as on a local cluster.
+    ({"cores": 8, "memory": "32GB"}, ["#SBATCH --cpus-per-task=8", "#SBATCH --mem=30G", "--nthreads 1",
+                                      "--nworkers 8"]),
+])
+def test_slurm_defaults_fill_what_neither_call_nor_config_give(options, lines):
+    cluster = slurm_cluster({**options, "scheduler_options": {"dashboard_address": ":0"}})
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
-    assert "#SBATCH --cpus-per-task=1" in script and "--nthreads 1" in script and "#SBATCH --mem=4G" in script
+    for line in lines:
+        assert line in script, (line, script)
 
 
 def test_serial_retries_a_transient_error():
