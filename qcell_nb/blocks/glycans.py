@@ -24,7 +24,7 @@ Every block is neutral (see :mod:`qcell_nb.blocks.carbohydrates`) and carries
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from ase import Atoms
 from rdkit import Chem
