@@ -1,0 +1,94 @@
+"""Ion hydration with the trained model: MD of ion-water droplets, first-shell distances vs experiment.
+
+The model has no periodic boundary conditions, so instead of a periodic box each ion is simulated
+in a droplet carved from its stage-02 MM box (the ion and its ``n_waters`` nearest waters). The
+first peak of a pair-distance distribution is a local property that a droplet of a few shells
+reproduces; the normalisation of g(r) is not (a droplet has no bulk density), so only peak
+positions are compared with experiment, and the histograms are shown divided by r² only.
+
+Each droplet gets a Langevin run (structure) and an NVE run from its end (energy drift), both
+with the stability checks of :func:`qcell_nb.validation.dynamics.run_md`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from ..blocks.ions_water import carve_cluster, load_rdf_reference
+from .dynamics import MDResult, energy_drift, run_md
+
+
+def pair_distance_peak(result: MDResult, centres: Sequence[int], others: Sequence[int], r_max: float = 6.0,
+                       bin_width: float = 0.05) -> tuple[np.ndarray, np.ndarray, float]:
+    """Histogram of centre-other distances over all frames, divided by r², and its first peak.
+
+    Returns:
+        (r, h, r_peak): bin centres (Å), the r²-normalised histogram (arbitrary units) and the
+        position of its maximum below the first minimum after it (Å).
+    """
+    centres = np.asarray(centres, dtype=int)
+    others = np.asarray(others, dtype=int)
+    vectors = result.positions[:, others][:, None, :, :] - result.positions[:, centres][:, :, None, :]
+    distances = np.linalg.norm(vectors, axis=-1)
+    if np.array_equal(centres, others):
+        distances = distances[:, ~np.eye(len(centres), dtype=bool)]
+    edges = np.arange(0.0, r_max + bin_width, bin_width)
+    counts = np.histogram(distances.ravel(), bins=edges)[0].astype(float)
+    r = 0.5 * (edges[1:] + edges[:-1])
+    h = counts / r**2
+    if not h.any():
+        raise ValueError(f"no pair closer than {r_max} Å")
+    smooth = np.convolve(h, np.ones(3) / 3.0, mode="same")
+    # The first local maximum once the curve has risen above a fifth of its height.
+    index = int(np.flatnonzero(smooth > 0.2 * smooth.max())[0])
+    while index + 1 < len(smooth) and smooth[index + 1] > smooth[index]:
+        index += 1
+    return r, h, float(r[index])
+
+
+def ion_droplet_check(frame: Atoms, calculator: Calculator, *, n_waters: int = 24, steps: int = 400,
+                      nve_steps: int = 200, timestep: float = 0.5, temperature: float = 300.0,
+                      seed: int = 0) -> dict:
+    """MD of one ion droplet with ``calculator``; first-shell distances and NVE drift.
+
+    Args:
+        frame: a stage-02 ion-in-water MM frame (periodic).
+        calculator: the trained model's ASE calculator.
+        n_waters: waters in the droplet. steps / nve_steps: Langevin and NVE MD steps.
+        timestep: fs. temperature: K. seed: velocities and noise.
+
+    Returns:
+        A row: ion, atoms, stability and reason, NVE drift (meV/atom/ps), and for ``<X>-O`` and
+        ``O-O`` the model's first peak, the experimental one and their difference (Å).
+    """
+    droplet = carve_cluster(frame, n_waters)
+    ion = str(droplet.info["ion"])
+    symbol = droplet.get_chemical_symbols()[0]
+    langevin = run_md(droplet, calculator, steps=steps, interval=10, timestep=timestep, temperature=temperature,
+                      ensemble="langevin", seed=seed)
+    row: dict = {"ion": ion, "atoms": len(droplet), "stable": langevin.stable, "reason": langevin.reason,
+                 "ps": round(float(langevin.time[-1]) if len(langevin.time) else 0.0, 3)}
+    if langevin.stable and nve_steps:
+        start = droplet.copy()
+        start.positions = langevin.positions[-1]
+        nve = run_md(start, calculator, steps=nve_steps, interval=10, timestep=timestep, temperature=temperature,
+                     ensemble="nve", seed=seed + 1)
+        row["stable"] = nve.stable
+        row["reason"] = nve.reason
+        if len(nve.time) >= 2:
+            row["nve_drift_meV_atom_ps"] = round(energy_drift(nve), 3)
+    if len(langevin.time) < 2:
+        return row
+    reference = load_rdf_reference()
+    oxygens = [i for i, s in enumerate(droplet.get_chemical_symbols()) if s == "O"]
+    for pair, centres, others in ((f"{symbol}-O", [0], oxygens), ("O-O", oxygens, oxygens)):
+        _, _, peak = pair_distance_peak(langevin, centres, others)
+        experiment = reference.get(pair, {}).get("r_peak")
+        row[f"{pair} model"] = round(peak, 2)
+        row[f"{pair} experiment"] = experiment
+        row[f"{pair} difference"] = None if experiment is None else round(peak - float(experiment), 2)
+    return row
