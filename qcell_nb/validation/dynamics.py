@@ -101,8 +101,8 @@ def run_md(atoms: Atoms, calculator: Calculator, *, steps: int, interval: int = 
     if ensemble == "nve":
         dynamics = VelocityVerlet(system, timestep * units.fs)
     else:
-        dynamics = Langevin(system, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, fixcm=False,
-                            rng=rng)
+        dynamics = Langevin(system, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs,
+                            fixcm=False, rng=rng)
     frames: dict[str, list] = {"positions": [], "cells": [], "time": [], "potential": [], "kinetic": []}
 
     def record() -> None:
