@@ -35,6 +35,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
+from scipy.spatial import cKDTree
+
+from qcell_nb.structures import charge_of, multiplicity_of
 
 Batch = dict[str, np.ndarray]
 
@@ -70,23 +73,60 @@ def labels_of(atoms: Atoms, index: int | None = None) -> tuple[float | None, np.
     return energy, forces
 
 
-def neighbour_pairs(positions: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-    """All ordered pairs ``(dst, src)``, ``dst != src``, closer than ``cutoff`` Å.
+def extra_labels_of(atoms: Atoms, index: int | None = None
+                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Reference dipole (3,) e·Å, Hirshfeld charges (n,) e and Hirshfeld ratios (n,); None where absent.
 
-    Dense O(n^2) distances: fragments have at most a few hundred atoms, where
-    this is faster than a cell list and has no edge cases.
+    Dipole and charges are read from the stored calculator results, the
+    ratios from ``atoms.info["hirsh_ratios"]`` (row data of the dataset) or
+    the results.
+    """
+    where = f"structure {index}" if index is not None else "structure"
+    results = getattr(atoms.calc, "results", None) or {}
+    values = {"dipole": results.get("dipole"), "charges": results.get("charges"),
+              "hirsh_ratios": atoms.info.get("hirsh_ratios", results.get("hirsh_ratios"))}
+    shapes = {"dipole": (3,), "charges": (len(atoms),), "hirsh_ratios": (len(atoms),)}
+    out = []
+    for name, value in values.items():
+        if value is not None:
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != shapes[name]:
+                raise ValueError(f"{where}: {name} has shape {value.shape}, expected {shapes[name]}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{where}: {name} contains non-finite values")
+        out.append(value)
+    return tuple(out)
+
+
+def neighbour_pairs(positions: np.ndarray, cutoff: float | None, ordered: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of atoms closer than ``cutoff`` Å (all pairs for ``cutoff=None``).
+
+    ``ordered=True``: both ``(i, j)`` and ``(j, i)``, sorted by the first
+    index (message passing). ``ordered=False``: each pair once with
+    ``i < j`` (pair energies). A k-d tree keeps this O(n log n).
 
     Returns
     -------
-    dst_idx, src_idx: (P,) int32, sorted by ``dst``
+    dst_idx, src_idx: (P,) int32
     """
     positions = np.asarray(positions, dtype=np.float64)
-    diff = positions[None, :, :] - positions[:, None, :]
-    dist2 = np.einsum("ijk,ijk->ij", diff, diff)
-    within = dist2 < cutoff * cutoff
-    np.fill_diagonal(within, False)
-    dst, src = np.nonzero(within)
-    return dst.astype(np.int32), src.astype(np.int32)
+    n = len(positions)
+    if cutoff is None:
+        i, j = np.triu_indices(n, k=1)
+    elif n < 2:
+        i = j = np.zeros(0, np.int64)
+    else:
+        found = cKDTree(positions).query_pairs(cutoff, output_type="ndarray")
+        # query_pairs includes distances equal to the cutoff; keep strictly closer ones
+        d2 = np.sum((positions[found[:, 0]] - positions[found[:, 1]]) ** 2, axis=-1)
+        found = found[d2 < cutoff * cutoff]
+        i, j = found[:, 0], found[:, 1]
+    if ordered:
+        i, j = np.concatenate([i, j]), np.concatenate([j, i])
+        order = np.lexsort((j, i))
+        i, j = i[order], j[order]
+    return i.astype(np.int32), j.astype(np.int32)
 
 
 # --------------------------------------------------------------------------
@@ -118,7 +158,7 @@ class EnergyBaseline:
 
     def check_elements(self, numbers: np.ndarray, index: int | None = None) -> None:
         """Raise ValueError naming any element the model was not trained on."""
-        unknown = sorted(set(int(z) for z in np.unique(numbers)) - set(self.elements))
+        unknown = sorted(set(int(z) for z in np.unique(numbers)) - set(self.elements) - {0})
         if unknown:
             where = f"structure {index}" if index is not None else "structure"
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
@@ -126,8 +166,8 @@ class EnergyBaseline:
             raise ValueError(f"{where} contains {names}, not in the training data; the model knows {known}")
 
     def energy(self, numbers: np.ndarray) -> float:
-        """Baseline energy of one structure in eV (float64)."""
-        return float(sum(self.element_energies[int(z)] for z in numbers))
+        """Baseline energy of one structure in eV (float64); MM atoms (Z = 0) add nothing."""
+        return float(sum(self.element_energies[int(z)] for z in numbers if z > 0))
 
     def to_dict(self) -> dict:
         return {"element_energies": {str(z): float(e) for z, e in sorted(self.element_energies.items())},
@@ -163,7 +203,7 @@ def fit_baseline(structures: Sequence[Atoms], scale_from: str = "forces") -> Ene
     """
     if scale_from not in ("forces", "energy"):
         raise ValueError(f"scale_from must be 'forces' or 'energy', got {scale_from!r}")
-    elements = sorted({int(z) for atoms in structures for z in atoms.numbers})
+    elements = sorted({int(z) for atoms in structures for z in atoms.numbers if z > 0})
     if not elements:
         raise ValueError("cannot fit an energy baseline to an empty set of structures")
     column = {z: k for k, z in enumerate(elements)}
@@ -176,7 +216,8 @@ def fit_baseline(structures: Sequence[Atoms], scale_from: str = "forces") -> Ene
             continue
         counts = np.zeros(len(elements))
         for z in atoms.numbers:
-            counts[column[int(z)]] += 1
+            if z > 0:
+                counts[column[int(z)]] += 1
         rows.append(counts)
         energies.append(energy)
         sizes.append(len(atoms))
@@ -203,8 +244,10 @@ class Sample:
     """One structure ready for batching.
 
     ``energy`` is the residual (reference minus baseline) in eV, or NaN when
-    absent; ``forces`` is None when absent. ``dst_idx``/``src_idx`` are local
-    atom indices of the neighbour pairs.
+    absent; other labels are None when absent. ``dst_idx``/``src_idx`` are
+    local indices of the ordered short-range pairs, ``lr_dst``/``lr_src`` of
+    the unordered long-range pairs (empty when the model has no long-range
+    terms).
     """
 
     numbers: np.ndarray  # (n,) int32
@@ -213,6 +256,14 @@ class Sample:
     forces: np.ndarray | None  # (n, 3) eV/Å
     dst_idx: np.ndarray  # (p,) int32
     src_idx: np.ndarray  # (p,) int32
+    lr_dst: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))  # (q,)
+    lr_src: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))  # (q,)
+    total_charge: float = 0.0  # e
+    spin: float = 0.0  # unpaired electrons
+    mm_charges: np.ndarray | None = None  # (n,) e, nonzero only on MM atoms
+    dipole: np.ndarray | None = None  # (3,) e·Å
+    charges: np.ndarray | None = None  # (n,) e
+    hirshfeld: np.ndarray | None = None  # (n,)
 
     @property
     def num_atoms(self) -> int:
@@ -222,16 +273,47 @@ class Sample:
     def num_pairs(self) -> int:
         return len(self.dst_idx)
 
+    @property
+    def num_lr_pairs(self) -> int:
+        return len(self.lr_dst)
 
-def make_sample(atoms: Atoms, cutoff: float, baseline: EnergyBaseline | None = None,
-                index: int | None = None, with_labels: bool = True) -> Sample:
-    """Convert one structure; ``baseline`` (if given) is subtracted and checked.
+
+def mm_charges_of(atoms: Atoms, index: int | None = None) -> np.ndarray:
+    """Per-atom MM charges (n,) e from ``atoms.arrays["mm_charges"]`` (zeros if absent).
 
     Raises
     ------
     ValueError
-        For a periodic structure, an empty one, or an element outside the
-        baseline's element set.
+        If MM atoms (Z = 0) have no charges, or charges sit on QM atoms.
+    """
+    where = f"structure {index}" if index is not None else "structure"
+    mm = atoms.numbers == 0
+    charges = atoms.arrays.get("mm_charges")
+    if charges is None:
+        if mm.any():
+            raise ValueError(f"{where} has {int(mm.sum())} MM atoms (Z=0) but no atoms.arrays['mm_charges']")
+        return np.zeros(len(atoms))
+    charges = np.asarray(charges, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(charges)):
+        raise ValueError(f"{where}: mm_charges contain non-finite values")
+    if np.any(charges[~mm] != 0):
+        raise ValueError(f"{where}: mm_charges are nonzero on QM atoms (Z>0); MM sites must have Z=0")
+    return charges
+
+
+def make_sample(atoms: Atoms, cutoff: float, baseline: EnergyBaseline | None = None,
+                index: int | None = None, with_labels: bool = True, *,
+                long_range: bool = True, long_range_cutoff: float | None = 10.0) -> Sample:
+    """Convert one structure; ``baseline`` (if given) is subtracted and checked.
+
+    ``long_range=False`` skips the long-range pair list (a model without
+    electrostatics and dispersion); ``long_range_cutoff`` in Å, None = all pairs.
+
+    Raises
+    ------
+    ValueError
+        For a periodic structure, an empty one, an element outside the
+        baseline's element set, or MM atoms without charges.
     """
     where = f"structure {index}" if index is not None else "structure"
     if len(atoms) == 0:
@@ -239,24 +321,42 @@ def make_sample(atoms: Atoms, cutoff: float, baseline: EnergyBaseline | None = N
     if np.any(atoms.pbc):
         raise ValueError(f"{where} is periodic (pbc={atoms.pbc.tolist()}); only molecular fragments are supported")
     numbers = np.asarray(atoms.numbers, dtype=np.int32)
+    if np.all(numbers == 0):
+        raise ValueError(f"{where} has only MM atoms (Z=0)")
     if baseline is not None:
         baseline.check_elements(numbers, index)
     positions = np.asarray(atoms.positions, dtype=np.float64)
     if not np.all(np.isfinite(positions)):
         raise ValueError(f"{where} has non-finite positions")
     energy, forces = labels_of(atoms, index) if with_labels else (None, None)
+    dipole, charges, hirshfeld = extra_labels_of(atoms, index) if with_labels else (None, None, None)
     if energy is None:
         energy = float("nan")
     elif baseline is not None:
         energy = energy - baseline.energy(numbers)
     dst, src = neighbour_pairs(positions, cutoff)
-    return Sample(numbers, positions, energy, forces, dst, src)
+    if long_range:
+        lr_dst, lr_src = neighbour_pairs(positions, long_range_cutoff, ordered=False)
+    else:
+        lr_dst = lr_src = np.zeros(0, np.int32)
+    return Sample(numbers, positions, energy, forces, dst, src, lr_dst, lr_src,
+                  total_charge=float(charge_of(atoms)), spin=float(multiplicity_of(atoms) - 1),
+                  mm_charges=mm_charges_of(atoms, index), dipole=dipole, charges=charges, hirshfeld=hirshfeld)
 
 
 def make_samples(structures: Sequence[Atoms], cutoff: float, baseline: EnergyBaseline | None = None,
-                 with_labels: bool = True) -> list[Sample]:
+                 with_labels: bool = True, *, long_range: bool = True,
+                 long_range_cutoff: float | None = 10.0) -> list[Sample]:
     """:func:`make_sample` for every structure (errors name the index)."""
-    return [make_sample(a, cutoff, baseline, i, with_labels) for i, a in enumerate(structures)]
+    return [make_sample(a, cutoff, baseline, i, with_labels, long_range=long_range,
+                        long_range_cutoff=long_range_cutoff) for i, a in enumerate(structures)]
+
+
+def samples_for(structures: Sequence[Atoms], config, baseline: EnergyBaseline | None = None,
+                with_labels: bool = True) -> list[Sample]:
+    """:func:`make_samples` with the cutoffs of a :class:`~qcell_nb.model.network.ModelConfig`."""
+    return make_samples(structures, config.cutoff, baseline, with_labels,
+                        long_range=config.uses_long_range, long_range_cutoff=config.long_range_cutoff)
 
 
 def bucket_size(n: int, minimum: int = 32) -> int:
@@ -277,11 +377,12 @@ def bucket_size(n: int, minimum: int = 32) -> int:
 
 
 def collate(samples: Sequence[Sample], num_graphs: int | None = None, num_atoms: int | None = None,
-            num_pairs: int | None = None, atom_bucket: int = 32, pair_bucket: int = 128) -> Batch:
+            num_pairs: int | None = None, atom_bucket: int = 32, pair_bucket: int = 128,
+            num_lr_pairs: int | None = None) -> Batch:
     """Pad and concatenate samples into one batch dict (see module docstring).
 
-    ``num_graphs`` defaults to ``len(samples)``; ``num_atoms``/``num_pairs``
-    default to the bucket sizes of the totals.
+    ``num_graphs`` defaults to ``len(samples)``; ``num_atoms``, ``num_pairs``
+    and ``num_lr_pairs`` default to the bucket sizes of the totals.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
@@ -290,33 +391,49 @@ def collate(samples: Sequence[Sample], num_graphs: int | None = None, num_atoms:
         raise ValueError(f"num_graphs={num_graphs} is smaller than the {len(samples)} samples")
     total_atoms = sum(s.num_atoms for s in samples)
     total_pairs = sum(s.num_pairs for s in samples)
+    total_lr = sum(s.num_lr_pairs for s in samples)
     num_atoms = bucket_size(total_atoms, atom_bucket) if num_atoms is None else num_atoms
     num_pairs = bucket_size(total_pairs, pair_bucket) if num_pairs is None else num_pairs
-    if num_atoms < total_atoms or num_pairs < total_pairs:
-        raise ValueError(f"padding sizes ({num_atoms} atoms, {num_pairs} pairs) are smaller than the "
-                         f"batch ({total_atoms} atoms, {total_pairs} pairs)")
+    if num_lr_pairs is None:
+        num_lr_pairs = bucket_size(total_lr, pair_bucket) if total_lr else 2
+    if num_atoms < total_atoms or num_pairs < total_pairs or num_lr_pairs < total_lr:
+        raise ValueError(f"padding sizes ({num_atoms} atoms, {num_pairs} pairs, {num_lr_pairs} long-range "
+                         f"pairs) are smaller than the batch ({total_atoms}, {total_pairs}, {total_lr})")
 
     batch: Batch = {
         "numbers": np.zeros(num_atoms, np.int32),
-        "positions": np.zeros((num_atoms, 3), np.float32),
+        "positions": np.zeros((num_atoms, 3), np.float64),
         "forces": np.zeros((num_atoms, 3), np.float32),
         "energy": np.zeros(num_graphs, np.float32),
         # Padding pairs point at atom 0 and padding atoms at the last
         # molecule: valid indices, neutralised by the masks.
         "dst_idx": np.zeros(num_pairs, np.int32),
         "src_idx": np.zeros(num_pairs, np.int32),
+        "lr_dst": np.zeros(num_lr_pairs, np.int32),
+        "lr_src": np.zeros(num_lr_pairs, np.int32),
         "batch_segments": np.full(num_atoms, num_graphs - 1, np.int32),
         "atom_mask": np.zeros(num_atoms, bool),
         "graph_mask": np.zeros(num_graphs, bool),
         "pair_mask": np.zeros(num_pairs, bool),
+        "lr_mask": np.zeros(num_lr_pairs, bool),
         "energy_mask": np.zeros(num_graphs, bool),
         "forces_mask": np.zeros(num_atoms, bool),
         "num_atoms": np.zeros(num_graphs, np.int32),
+        "total_charge": np.zeros(num_graphs, np.float32),
+        "spin": np.zeros(num_graphs, np.float32),
+        "mm_charges": np.zeros(num_atoms, np.float32),
+        "dipole": np.zeros((num_graphs, 3), np.float32),
+        "dipole_mask": np.zeros(num_graphs, bool),
+        "charges": np.zeros(num_atoms, np.float32),
+        "charges_mask": np.zeros(num_atoms, bool),
+        "hirshfeld": np.zeros(num_atoms, np.float32),
+        "hirshfeld_mask": np.zeros(num_atoms, bool),
     }
-    atom_offset = pair_offset = 0
+    atom_offset = pair_offset = lr_offset = 0
     for g, sample in enumerate(samples):
         atoms = slice(atom_offset, atom_offset + sample.num_atoms)
         pairs = slice(pair_offset, pair_offset + sample.num_pairs)
+        lr = slice(lr_offset, lr_offset + sample.num_lr_pairs)
         batch["numbers"][atoms] = sample.numbers
         batch["positions"][atoms] = sample.positions
         batch["batch_segments"][atoms] = g
@@ -324,16 +441,32 @@ def collate(samples: Sequence[Sample], num_graphs: int | None = None, num_atoms:
         batch["dst_idx"][pairs] = sample.dst_idx + atom_offset
         batch["src_idx"][pairs] = sample.src_idx + atom_offset
         batch["pair_mask"][pairs] = True
+        batch["lr_dst"][lr] = sample.lr_dst + atom_offset
+        batch["lr_src"][lr] = sample.lr_src + atom_offset
+        batch["lr_mask"][lr] = True
         batch["graph_mask"][g] = True
         batch["num_atoms"][g] = sample.num_atoms
+        batch["total_charge"][g] = sample.total_charge
+        batch["spin"][g] = sample.spin
+        if sample.mm_charges is not None:
+            batch["mm_charges"][atoms] = sample.mm_charges
         if np.isfinite(sample.energy):
             batch["energy"][g] = sample.energy
             batch["energy_mask"][g] = True
         if sample.forces is not None:
             batch["forces"][atoms] = sample.forces
             batch["forces_mask"][atoms] = True
+        if sample.dipole is not None:
+            batch["dipole"][g] = sample.dipole
+            batch["dipole_mask"][g] = True
+        for name in ("charges", "hirshfeld"):
+            value = getattr(sample, name)
+            if value is not None:
+                batch[name][atoms] = value
+                batch[f"{name}_mask"][atoms] = sample.numbers > 0
         atom_offset += sample.num_atoms
         pair_offset += sample.num_pairs
+        lr_offset += sample.num_lr_pairs
     return batch
 
 

@@ -1,43 +1,79 @@
-"""A small e3x equivariant message-passing energy model.
+"""An SO3LR-style force field in e3x: SO3krates layers plus physical long-range terms.
 
-The network maps a batch of molecules, stored as one flat list of atoms and a
-sparse list of neighbour pairs (see :mod:`qcell_nb.model.data`), to one energy
-per molecule; forces are minus its gradient with respect to the positions.
+The network maps a batch of molecules, stored as one flat list of atoms with
+sparse neighbour pairs (see :mod:`qcell_nb.model.data`), to per-molecule
+energies; forces are minus their gradient with respect to the positions.
+Following SO3LR (Kabylda et al., JACS 2025) the energy is a sum of four terms::
 
-Units: positions in Å, energies in eV, forces in eV/Å.
+    E = E_short (SO3krates atomic energies, 4.5 Å)   learned many-body part
+      + E_rep   (ZBL-type nuclear repulsion)            learnable ZBL coefficients
+      + E_elec  (q_i q_j erf(r / a) / r)                predicted charges, total charge conserved
+      + E_disp  (C6, C8, C10 with Becke-Johnson damping) predicted Hirshfeld ratios
 
-Shapes use these symbols:
+Short-range part (Frank et al., "A Euclidean transformer for fast and stable
+machine learned force fields", Nat. Commun. 2024): every atom carries
+invariant features ``x`` (F channels) and Euclidean variables ``chi`` (one
+channel of every degree 1..L, ``(L+1)**2 - 1`` components). Each layer
 
-``N``  atoms in the (padded) batch
-``P``  neighbour pairs in the (padded) batch (ordered: i→j and j→i both listed)
-``G``  molecules (graphs) in the (padded) batch
-``F``  features per atom
-``L``  ``max_degree``; equivariant features have ``(L + 1)**2`` components
+1. updates ``x`` by filter-based attention over neighbours (no softmax;
+   attention weights times a smooth cutoff, summed and divided by the
+   average neighbour count). Filters are MLPs of a Bernstein radial basis and
+   of the per-degree invariants ``<chi_i^l, chi_j^l>``;
+2. updates ``chi`` by a second attention whose heads are the degrees:
+   ``chi_i^l += sum_j a^l_ij Y^l(r_ij)``;
+3. exchanges information between the two (the interaction block): an MLP of
+   ``x`` and the per-degree norms ``|chi_i^l|^2`` updates ``x`` and rescales
+   ``chi^l``;
+4. applies a residual MLP to ``x``.
 
-The network predicts the *residual* energy: the reference energy minus a fixed
-per-element baseline fitted by least squares (:class:`EnergyBaseline` in
-:mod:`qcell_nb.model.data`). The baseline (``~ -10^4 eV`` for PBE0 total
-energies) is added back in float64 outside the network, because float32 cannot
-resolve meV differences on numbers that large. Inside the network a learnable
-per-element scale and shift map the normalised atomic outputs to eV; the scale
-starts at the data's energy scale (:attr:`EnergyBaseline.scale`) and the shift
-at zero, so an untrained model predicts about the baseline.
+Layer norms precede each block (pre-norm residual layout). Euclidean
+variables carry one channel per degree, which is why the layers are cheap:
+pair intermediates are (P, F) and (P, (L+1)**2), never (P, (L+1)**2, F).
 
-Messages: by default :class:`RadialMessages` (cheap, degree-preserving pair
-messages plus atom-wise ``e3x.nn.TensorDense`` coupling);
-``ModelConfig(messages="tensor")`` uses ``e3x.nn.MessagePass`` (full
-Clebsch-Gordan products on every pair), 3-5x slower per step on CPU.
+Embeddings: elements (Z = 1..118, plus Z = 0 for MM point charges), the
+molecule's total charge and its number of unpaired electrons (spin), spread
+over atoms by an attention as in SpookyNet / SO3LR.
 
-Later stages grow this into the full SO3LR architecture (attention, charges,
-long-range terms); each piece here is its own small module so they can be
-replaced one at a time.
+Charges: the network predicts raw atomic charges; the difference between
+their sum and the molecule's total charge is spread evenly over the QM
+atoms, so the total charge is conserved exactly. MM atoms (Z = 0) keep their
+fixed input charge ``mm_charges``; they enter the short-range model as an
+element of their own and interact with QM charges electrostatically, but
+carry no atomic energy, no repulsion and no dispersion, and MM-MM pairs are
+excluded (that is the MM force field's business).
+
+Dispersion (SO3LR's choice, with our parametrisation): free-atom
+polarisability alpha_i and C6_i (Tkatchenko-Scheffler table,
+:data:`qcell_nb.calculators.mbd.FREE_ATOM_PARAMS`) scaled by the predicted
+Hirshfeld ratio ``h_i`` (alpha ~ h, C6 ~ h^2); pair C6 by the TS combination
+rule; C8 and C10 from a quantum Drude oscillator with the electron's charge
+(``gamma_i = m w = 3 alpha_i / (4 C6_i)``, ``C8/C6 = 5/gamma``,
+``C10/C6 = 245/8/gamma^2``, pairs combined as ``5/2 (1/gamma_i + 1/gamma_j)``
+and ``245/8 / (gamma_i gamma_j)``); rational (Becke-Johnson) damping
+``C_n / (r^n + R^n)`` with ``R = a1 sqrt(C8/C6) + a2``, a1 and a2 learnable.
+
+Long range: pairs for electrostatics and dispersion are listed up to
+``long_range_cutoff`` (default 10 Å, as in QCell). There the Coulomb kernel
+is shifted-force (energy and force vanish at the cutoff) and both terms are
+multiplied by a smooth switch over its last :data:`LONG_RANGE_SWITCH_WIDTH`
+Å; ``long_range_cutoff=None`` takes all pairs in a molecule, unswitched.
+
+Units: positions Å, energies eV, forces eV/Å, charges e, dipoles e·Å.
+
+Shape symbols: ``N`` atoms, ``P`` short-range ordered pairs, ``Q``
+long-range unordered pairs, ``G`` molecules (all padded), ``F`` features,
+``L`` ``max_degree``, ``S = (L+1)**2 - 1`` Euclidean components.
+
+As before, the network predicts the energy *residual* to a fixed per-element
+baseline (:class:`~qcell_nb.model.data.EnergyBaseline`), added back in
+float64 outside; a learnable per-element scale and shift map the atomic
+outputs to eV (SO3LR's per-element energy scale and shift).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,12 +81,33 @@ import e3x
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from ase.data import chemical_symbols
+from ase.units import Bohr, Hartree
 
-#: Embedding and per-element tables cover Z = 0..118; index 0 is "no atom" (padding).
+from qcell_nb.calculators.mbd import FREE_ATOM_PARAMS
+
+#: Embedding and per-element tables cover Z = 0..118; 0 is the MM pseudo-element.
 MAX_ATOMIC_NUMBER = 118
+#: Coulomb constant e^2 / (4 pi eps0) in eV Å.
+COULOMB = Hartree * Bohr
+#: Width (Å) of the smooth switch that ends the long-range terms at their cutoff.
+LONG_RANGE_SWITCH_WIDTH = 1.5
+#: ZBL universal screening: coefficients, exponents (1/a), and a = 0.8854 a0 / (Zi^p + Zj^p).
+ZBL_COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
+ZBL_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
+ZBL_LENGTH = 0.8854 * Bohr
+ZBL_POWER = 0.23
 
 Params = Any  # a flax parameter pytree ({"params": {...}})
 Batch = Mapping[str, jax.Array]
+
+#: Published-size presets (SO3LR itself is "large": F = 128, 3 layers, degrees 1-4).
+SIZES: dict[str, dict[str, int]] = {
+    "small": {"features": 32, "max_degree": 2, "num_iterations": 2, "num_heads": 2, "num_basis_functions": 16},
+    "medium": {"features": 64, "max_degree": 3, "num_iterations": 2, "num_heads": 4, "num_basis_functions": 24},
+    "large": {"features": 128, "max_degree": 4, "num_iterations": 3, "num_heads": 4, "num_basis_functions": 32},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,352 +117,431 @@ class ModelConfig:
     Parameters
     ----------
     features:
-        Feature channels per atom and degree, ``F``.
+        Invariant feature channels per atom, ``F`` (divisible by ``num_heads``).
     max_degree:
-        Highest degree of spherical harmonics / equivariant features, ``L``.
+        Highest degree ``L`` of the Euclidean variables (degrees 1..L).
     num_iterations:
-        Message-passing iterations (interaction blocks).
+        SO3krates layers.
+    num_heads:
+        Attention heads of the invariant update.
     num_basis_functions:
-        Radial basis functions (reciprocal Bernstein polynomials).
+        Bernstein radial basis functions on [0, cutoff].
     cutoff:
-        Interaction cutoff in Å; pairs beyond it do not interact and the smooth
-        cutoff makes energies differentiable as atoms cross it.
-    messages:
-        ``"radial"`` (default): :class:`RadialMessages` on pairs plus atom-wise
-        ``e3x.nn.TensorDense`` coupling. ``"tensor"``: ``e3x.nn.MessagePass``
-        (full Clebsch-Gordan products on every pair). On 2 CPU cores, 8
-        glucose (24 atoms, ~3900 pairs at 5 Å) take ~0.08 s per training step
-        with ``"radial"`` against ~0.3-0.5 s with ``"tensor"``, whose
-        (P, (L+1)**4, F) pair intermediates make it memory-bound.
+        Short-range cutoff in Å (smooth; SO3LR uses 4.5 Å).
+    avg_num_neighbors:
+        Divides the attention sums (set by ``train`` from the training data).
+    long_range_cutoff:
+        Å; electrostatics and dispersion end smoothly there. None: all pairs.
+    electrostatics, dispersion, repulsion:
+        Switch the physical terms on or off.
+    electrostatics_damping:
+        Length ``a`` (Å) of the erf damping of the Coulomb kernel, ``erf(r/a)/r``.
     """
 
     features: int = 32
     max_degree: int = 2
     num_iterations: int = 2
+    num_heads: int = 2
     num_basis_functions: int = 16
-    cutoff: float = 5.0
-    messages: str = "radial"
+    cutoff: float = 4.5
+    avg_num_neighbors: float = 8.0
+    long_range_cutoff: float | None = 10.0
+    electrostatics: bool = True
+    dispersion: bool = True
+    repulsion: bool = True
+    electrostatics_damping: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("features", "num_iterations", "num_basis_functions"):
+        for name in ("features", "max_degree", "num_iterations", "num_heads", "num_basis_functions"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.max_degree, int) or self.max_degree < 0:
-            raise ValueError(f"ModelConfig.max_degree must be a non-negative integer, got {self.max_degree!r}")
-        if not self.cutoff > 0:
-            raise ValueError(f"ModelConfig.cutoff must be positive (Å), got {self.cutoff!r}")
-        if self.messages not in ("radial", "tensor"):
-            raise ValueError(f"ModelConfig.messages must be 'radial' or 'tensor', got {self.messages!r}")
+        if self.features % self.num_heads:
+            raise ValueError(f"ModelConfig.features={self.features} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        for name in ("cutoff", "avg_num_neighbors", "electrostatics_damping"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)!r}")
+        lr = self.long_range_cutoff
+        if lr is not None and not lr > LONG_RANGE_SWITCH_WIDTH:
+            raise ValueError(f"ModelConfig.long_range_cutoff must be None or > {LONG_RANGE_SWITCH_WIDTH} Å, "
+                             f"got {lr!r}")
+
+    @classmethod
+    def for_size(cls, size: str, **overrides: Any) -> ModelConfig:
+        """The ``"small"``, ``"medium"`` or ``"large"`` preset (:data:`SIZES`), with overrides."""
+        if size not in SIZES:
+            raise ValueError(f"model size {size!r} is not one of {', '.join(SIZES)}")
+        return cls(**{**SIZES[size], **overrides})
+
+    @property
+    def uses_long_range(self) -> bool:
+        return self.electrostatics or self.dispersion
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
-        types = {"cutoff": float, "messages": str}
-        return cls(**{k: types.get(k, int)(v) for k, v in data.items()})
+        return cls(**data)
 
 
-@dataclasses.dataclass(frozen=True)
-class PairGeometry:
-    """Rotation-aware description of every neighbour pair.
+# --------------------------------------------------------------------------
+# geometry
+# --------------------------------------------------------------------------
+def _displacements(positions: jax.Array, dst: jax.Array, src: jax.Array, mask: jax.Array,
+                   far: float) -> tuple[jax.Array, jax.Array]:
+    """Vectors src - dst (Q, 3) and lengths (Q,); padding pairs are put at ``far`` Å.
 
-    Attributes
-    ----------
-    radial: (P, K)
-        Reciprocal Bernstein radial functions times a smooth cutoff; exactly
-        zero beyond the cutoff and for padding pairs.
-    angular: (P, (L+1)**2)
-        Real spherical harmonics (Racah normalisation, e3x ordering) of the
-        unit vector from ``dst`` to ``src``.
+    Padding pairs may be self-pairs (zero vectors); moving them far away keeps
+    every function finite there and keeps NaN gradients of a zero-length
+    vector out of the forces.
     """
-
-    radial: jax.Array
-    angular: jax.Array
-
-    def basis(self) -> jax.Array:
-        """The e3x basis layout (P, 1, (L+1)**2, K), as ``e3x.nn.basis`` returns."""
-        return self.angular[:, None, :, None] * self.radial[:, None, None, :]
+    vectors = positions[src] - positions[dst]
+    vectors = jnp.where(mask[:, None], vectors, jnp.asarray([far, 0.0, 0.0], vectors.dtype))
+    return vectors, jnp.linalg.norm(vectors, axis=-1)
 
 
-def pair_geometry(
-    positions: jax.Array,
-    dst_idx: jax.Array,
-    src_idx: jax.Array,
-    pair_mask: jax.Array,
-    *,
-    max_degree: int,
-    num_basis_functions: int,
-    cutoff: float,
-) -> PairGeometry:
-    """Radial and angular functions of every pair (padding pairs give zeros).
-
-    Parameters
-    ----------
-    positions: (N, 3) Å
-    dst_idx, src_idx: (P,) int; the pair j→i is ``(dst=i, src=j)``
-    pair_mask: (P,) bool, False for padding pairs
-    """
-    displacements = positions[src_idx] - positions[dst_idx]  # (P, 3)
-    # Padding pairs may be self-pairs (zero vector); move them beyond the
-    # cutoff so every function is exactly zero there and no NaN gradient of a
-    # zero-length vector can leak into the forces.
-    far = jnp.asarray([2.0 * cutoff, 0.0, 0.0], dtype=displacements.dtype)
-    displacements = jnp.where(pair_mask[:, None], displacements, far)
-    unit, distance = e3x.ops.normalize_and_return_norm(displacements, axis=-1)  # (P, 3), (P,)
-    radial = e3x.nn.reciprocal_bernstein(distance, num_basis_functions)
-    radial = radial * e3x.nn.smooth_cutoff(distance, cutoff=cutoff)[:, None]
-    radial = radial * pair_mask[:, None].astype(radial.dtype)
-    angular = e3x.so3.spherical_harmonics(unit, max_degree, r_is_normalized=True)
-    return PairGeometry(radial=radial, angular=angular)
+def _degree_sums(values: jax.Array, max_degree: int) -> jax.Array:
+    """Sum the components of every degree 1..L: (..., S) -> (..., L)."""
+    return jnp.stack([jnp.sum(values[..., l * l - 1:(l + 1) ** 2 - 1], axis=-1)
+                      for l in range(1, max_degree + 1)], axis=-1)
 
 
-class TensorMessages(nn.Module):
-    """Messages by ``e3x.nn.MessagePass``: full Clebsch-Gordan tensor products.
+def _degree_repeat(values: jax.Array, max_degree: int) -> jax.Array:
+    """Repeat one value per degree over its 2l+1 components: (..., L) -> (..., S)."""
+    return jnp.concatenate([jnp.repeat(values[..., l - 1:l], 2 * l + 1, axis=-1)
+                            for l in range(1, max_degree + 1)], axis=-1)
 
-    ``m_i = sum_j tensor(x_j, dense(basis_ij))`` couples every pair of
-    degrees on every pair of atoms. Most expressive, but its (P, (L+1)**4, F)
-    intermediates make it memory-bound on CPU (see ``RadialMessages``).
-    """
 
-    output_max_degree: int | None = None
+class MLP(nn.Module):
+    """Dense -> silu -> Dense."""
+
+    hidden: int
+    out: int
+    zero_init: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, geometry: PairGeometry, dst_idx: jax.Array,
-                 src_idx: jax.Array) -> jax.Array:
-        """``x``: (N, 1, (l+1)**2, F) -> (N, 1, (l'+1)**2, F)."""
-        return e3x.nn.MessagePass(max_degree=self.output_max_degree, include_pseudotensors=False)(
-            x, geometry.basis(), dst_idx=dst_idx, src_idx=src_idx, num_segments=x.shape[0])
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.silu(nn.Dense(self.hidden)(x))
+        kernel_init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+        return nn.Dense(self.out, kernel_init=kernel_init)(h)
 
 
-class RadialMessages(nn.Module):
-    """Cheap equivariant messages: no coupling of degrees on pairs.
-
-    For every pair j→i, with learned radial filters ``a, b, c`` (functions of
-    ``r_ij``, one per degree l and feature f)::
-
-        m_i[lm] = sum_j  a_l(r) * x_j[00] * Y_lm(u_ij)       scalars -> every degree
-                       + b_l(r) * x_j[lm]                     each degree -> itself
-        m_i[00] += sum_j sum_{l>0} c_l(r) * sum_m x_j[lm] Y_lm(u_ij)   every degree -> scalars
-
-    Each term is equivariant (invariant weights times equivariant quantities,
-    or a rotation-invariant dot product). Pair intermediates are only
-    (P, (L+1)**2, F); coupling between degrees happens atom-wise afterwards
-    (``e3x.nn.TensorDense`` in :class:`InteractionBlock`), where there are far
-    fewer atoms than pairs. Terms that would be zero (l > 0 inputs of the
-    first block, which are scalars, and l > 0 outputs of the last block,
-    which are discarded) are not computed.
-    """
-
-    max_degree: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array, geometry: PairGeometry, dst_idx: jax.Array,
-                 src_idx: jax.Array) -> jax.Array:
-        """``x``: (N, 1, (l_in+1)**2, F) -> (N, 1, (max_degree+1)**2, F)."""
-        num_atoms, features = x.shape[0], x.shape[-1]
-        l_in = math.isqrt(x.shape[-2]) - 1
-        l_out = self.max_degree
-        l_both = min(l_in, l_out)
-        num_filters = (l_out + 1) + (l_both + 1) + l_in
-        filters = nn.Dense(num_filters * features, use_bias=False)(geometry.radial)
-        filters = filters.reshape(-1, num_filters, features)  # (P, num_filters, F)
-        a = filters[:, : l_out + 1]
-        b = filters[:, l_out + 1 : l_out + l_both + 2]
-        c = filters[:, l_out + l_both + 2 :]
-        x_src = e3x.ops.gather_src(x[:, 0], src_idx=src_idx)  # (P, (l_in+1)**2, F)
-        scalar_src = x_src[:, :1]  # (P, 1, F)
-        ylm = geometry.angular[:, :, None]  # (P, S, 1)
-        # Degree by degree with static slices: gathers along the degree axis
-        # turn into slow scatters in the backward pass on CPU.
-        parts = []
-        for l in range(l_out + 1):
-            block = slice(l * l, (l + 1) ** 2)
-            part = a[:, l : l + 1] * scalar_src * ylm[:, block]
-            if l <= l_both:
-                part = part + b[:, l : l + 1] * x_src[:, block]
-            if l == 0:
-                for k in range(1, l_in + 1):
-                    dot = jnp.sum(x_src[:, k * k : (k + 1) ** 2] * ylm[:, k * k : (k + 1) ** 2], axis=1)
-                    part = part + (c[:, k - 1] * dot)[:, None]
-            parts.append(part)
-        messages = jnp.concatenate(parts, axis=1)  # (P, (l_out+1)**2, F)
-        summed = e3x.ops.indexed_sum(messages, dst_idx=dst_idx, num_segments=num_atoms)
-        return summed[:, None]
-
-
-class InteractionBlock(nn.Module):
-    """One message-passing iteration: equivariant messages, then an atom-wise update.
-
-    Both steps are residual, so stacking blocks starts close to the identity.
-    ``output_max_degree=0`` (used for the last block) keeps only scalars, which
-    is all the energy readout needs.
-    """
+class SO3kratesLayer(nn.Module):
+    """One Euclidean-transformer layer (see the module docstring)."""
 
     features: int
     max_degree: int
-    messages: str = "radial"
-    output_max_degree: int | None = None
+    num_heads: int
+    avg_num_neighbors: float
 
     @nn.compact
-    def __call__(self, x: jax.Array, geometry: PairGeometry, dst_idx: jax.Array,
-                 src_idx: jax.Array) -> jax.Array:
-        """``x``: (N, 1, (l+1)**2, F) -> (N, 1, (l'+1)**2, F)."""
-        if self.messages == "tensor":
-            m = TensorMessages(output_max_degree=self.output_max_degree)(x, geometry, dst_idx, src_idx)
-        else:
-            out_degree = self.max_degree if self.output_max_degree is None else self.output_max_degree
-            m = RadialMessages(max_degree=out_degree)(x, geometry, dst_idx, src_idx)
-        if self.output_max_degree is not None:
-            x = e3x.nn.change_max_degree_or_type(x, max_degree=self.output_max_degree,
-                                                 include_pseudotensors=False)
-        y = e3x.nn.add(x, m)
-        if self.messages != "tensor" and self.output_max_degree != 0:
-            # Atom-wise degree coupling (the part RadialMessages leaves out
-            # on pairs). A scalar-only output needs none: its messages
-            # already carry the invariant dot products.
-            y = e3x.nn.add(y, e3x.nn.TensorDense(max_degree=self.max_degree, include_pseudotensors=False)(y))
-        # Atom-wise MLP; the zero-initialised output layer makes the block
-        # start as "x + messages", which trains stably.
-        z = e3x.nn.Dense(self.features)(y)
-        z = e3x.nn.silu(z)
-        z = e3x.nn.Dense(self.features, kernel_init=jax.nn.initializers.zeros)(z)
-        return e3x.nn.add(y, z)
+    def __call__(self, x: jax.Array, chi: jax.Array, radial: jax.Array, ylm: jax.Array,
+                 cut: jax.Array, dst: jax.Array, src: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``x`` (N, F), ``chi`` (N, S); ``radial`` (P, K), ``ylm`` (P, S), ``cut`` (P,)."""
+        F, L, H = self.features, self.max_degree, self.num_heads
+        head = F // H
+        num_atoms = x.shape[0]
+        # Pair filters from the radial basis and the Euclidean invariants
+        # <chi_i^l, chi_j^l>; one MLP of both (SO3krates sums two MLPs).
+        chi_dot = _degree_sums(chi[dst] * chi[src], L)  # (P, L)
+        filters = MLP(F, F + L * head)(jnp.concatenate([radial, chi_dot], axis=-1))
+        w_inv, w_ev = filters[:, :F], filters[:, F:]
+
+        # queries, keys, values of both attentions in one projection
+        h = nn.LayerNorm()(x)
+        qkv = nn.Dense(3 * F + 2 * L * head, use_bias=False)(h)
+        q, k, v = qkv[:, :F], qkv[:, F:2 * F], qkv[:, 2 * F:3 * F]
+        q2, k2 = qkv[:, 3 * F:3 * F + L * head], qkv[:, 3 * F + L * head:]
+
+        # 1. invariant attention, H heads, no softmax
+        scores = (q[dst] * w_inv * k[src]).reshape(-1, H, head).sum(-1) / np.sqrt(head)  # (P, H)
+        weights = scores * cut[:, None]
+        messages = (weights[:, :, None] * v[src].reshape(-1, H, head)).reshape(-1, F)
+        x = x + nn.Dense(F)(e3x.ops.indexed_sum(messages, dst_idx=dst, num_segments=num_atoms)
+                            / self.avg_num_neighbors)
+
+        # 2. Euclidean attention, one head per degree
+        scores2 = (q2[dst] * w_ev * k2[src]).reshape(-1, L, head).sum(-1) / np.sqrt(head)  # (P, L)
+        ev_messages = _degree_repeat(scores2 * cut[:, None], L) * ylm  # (P, S)
+        chi = chi + e3x.ops.indexed_sum(ev_messages, dst_idx=dst, num_segments=num_atoms) / self.avg_num_neighbors
+
+        # 3. exchange between invariant features and Euclidean variables
+        h = nn.LayerNorm()(x)
+        norms = _degree_sums(chi * chi, L)  # (N, L)
+        update = MLP(F, F + L, zero_init=True)(jnp.concatenate([h, norms], axis=-1))
+        x = x + update[:, :F]
+        chi = chi + _degree_repeat(update[:, F:], L) * chi
+
+        # 4. residual MLP on the invariant features
+        x = x + MLP(F, F, zero_init=True)(nn.LayerNorm()(x))
+        return x, chi
 
 
-class ElementScaleShift(nn.Module):
-    """Learnable per-element affine map from normalised to eV atomic energies.
+class ChargeSpinEmbedding(nn.Module):
+    """Spread a per-molecule scalar (total charge or unpaired electrons) over atoms.
 
-    ``E_i = scale[Z_i] * e_i + shift[Z_i]``. ``scale`` starts at
-    ``energy_scale`` (eV) for every element and ``shift`` at zero.
+    ``a_i = psi * softplus(q_i . k / sqrt(F)) / sum_{j in molecule} softplus(...)``
+    and the atom gets ``MLP(a_i v)``; separate ``k``, ``v`` for positive and
+    negative ``psi``. Zero ``psi`` adds exactly nothing.
     """
 
-    energy_scale: float = 1.0
+    features: int
 
     @nn.compact
-    def __call__(self, atomic_outputs: jax.Array, numbers: jax.Array) -> jax.Array:
-        """``atomic_outputs``: (N,), ``numbers``: (N,) int -> (N,) eV."""
-        table_size = MAX_ATOMIC_NUMBER + 1
-        scale = self.param(
-            "element_scale",
-            lambda key, shape: jnp.full(shape, self.energy_scale, jnp.float32),
-            (table_size,),
-        )
-        shift = self.param("element_shift", jax.nn.initializers.zeros, (table_size,), jnp.float32)
-        return scale[numbers] * atomic_outputs + shift[numbers]
+    def __call__(self, x: jax.Array, psi: jax.Array, segments: jax.Array, atom_mask: jax.Array,
+                 num_graphs: int) -> jax.Array:
+        """``x`` (N, F), ``psi`` (G,) -> (N, F)."""
+        F = self.features
+        keys = self.param("keys", nn.initializers.normal(1.0), (2, F))
+        values = self.param("values", nn.initializers.normal(1.0), (2, F))
+        psi_atom = psi[segments]
+        sign = (psi_atom < 0).astype(jnp.int32)
+        query = nn.Dense(F, use_bias=False)(x)
+        logits = jnp.sum(query * keys[sign], axis=-1) / np.sqrt(F)
+        weight = jnp.where(atom_mask, nn.softplus(logits), 0.0)
+        total = jax.ops.segment_sum(weight, segments, num_segments=num_graphs)[segments]
+        a = psi_atom * weight / jnp.maximum(total, 1e-12)
+        return MLP(F, F, zero_init=False)(a[:, None] * values[sign]) * (psi_atom != 0)[:, None]
 
 
-class EnergyModel(nn.Module):
-    """Per-molecule residual energies (eV) from numbers and positions.
+def _element_table(index: int) -> np.ndarray:
+    """Column ``index`` of the free-atom table by atomic number (0 where no data)."""
+    table = np.zeros(MAX_ATOMIC_NUMBER + 1)
+    for symbol, row in FREE_ATOM_PARAMS.items():
+        table[chemical_symbols.index(symbol)] = row[index]
+    return table
+
+
+#: Free-atom polarisability (bohr^3) and C6 (Ha bohr^6) by atomic number; 0 = no data.
+FREE_ALPHA = _element_table(0)
+FREE_C6 = _element_table(1)
+
+
+def _softplus_inverse(y: float) -> float:
+    return float(np.log(np.expm1(y)))
+
+
+class ZBLRepulsion(nn.Module):
+    """ZBL-type screened nuclear repulsion with learnable coefficients (eV per pair).
+
+    ``E_ij = k Z_i Z_j / r * sum_k c_k exp(-e_k r / a_ij) * f_cut(r)``,
+    ``a_ij = d / (Z_i^p + Z_j^p)``; c (normalised to sum 1), e, d and p are
+    learnable (positive through softplus) and start at the universal ZBL values.
+    """
+
+    @nn.compact
+    def __call__(self, zi: jax.Array, zj: jax.Array, r: jax.Array, cut: jax.Array) -> jax.Array:
+        def positive(name, init):
+            raw = self.param(name, lambda key: jnp.asarray([_softplus_inverse(v) for v in np.atleast_1d(init)],
+                                                           jnp.float32))
+            return nn.softplus(raw)
+
+        c = positive("coefficients", ZBL_COEFFICIENTS)
+        c = c / jnp.sum(c)
+        e = positive("exponents", ZBL_EXPONENTS)
+        d = positive("length", ZBL_LENGTH)[0]
+        p = positive("power", ZBL_POWER)[0]
+        zi_f, zj_f = zi.astype(r.dtype), zj.astype(r.dtype)
+        # Z^p with Z = 0 (MM atoms) is fine: the prefactor Zi*Zj is 0 there.
+        a = d / (jnp.where(zi > 0, zi_f, 1.0) ** p + jnp.where(zj > 0, zj_f, 1.0) ** p)
+        screening = jnp.sum(c * jnp.exp(-e * (r / a)[:, None]), axis=-1)
+        return COULOMB * zi_f * zj_f / r * screening * cut
+
+
+def _long_range_switch(r: jax.Array, cutoff: float | None) -> jax.Array:
+    if cutoff is None:
+        return jnp.ones_like(r)
+    return 1.0 - e3x.nn.smooth_switch(r, cutoff - LONG_RANGE_SWITCH_WIDTH, cutoff)
+
+
+def coulomb_kernel(r: jax.Array, damping: float, cutoff: float | None) -> jax.Array:
+    """erf(r/a)/r (1/Å), shifted-force at ``cutoff`` and smoothly switched off there."""
+    def v(x):
+        return jax.scipy.special.erf(x / damping) / x
+
+    kernel = v(r)
+    if cutoff is not None:
+        rc = jnp.asarray(cutoff, r.dtype)
+        dv_rc = jax.grad(v)(rc)
+        kernel = (kernel - v(rc) - dv_rc * (r - rc)) * (r < rc)
+    return kernel * _long_range_switch(r, cutoff)
+
+
+def dispersion_coefficients(numbers: jax.Array, hirshfeld: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Atom-in-molecule alpha (bohr^3), C6 (Ha bohr^6) and QDO gamma (bohr^-2) of every atom.
+
+    Elements without free-atom data (and MM atoms) get alpha = C6 = 1, gamma = 0.75:
+    finite dummies; their pairs are masked by the caller.
+    """
+    has = jnp.asarray(FREE_C6 > 0)[numbers]
+    alpha = jnp.where(has, jnp.asarray(FREE_ALPHA, hirshfeld.dtype)[numbers] * hirshfeld, 1.0)
+    c6 = jnp.where(has, jnp.asarray(FREE_C6, hirshfeld.dtype)[numbers] * hirshfeld**2, 1.0)
+    return alpha, c6, 0.75 * alpha / c6
+
+
+class Dispersion(nn.Module):
+    """Pairwise C6/C8/C10 dispersion from per-atom coefficients (eV per pair; see module docstring)."""
+
+    @nn.compact
+    def __call__(self, alpha_i, alpha_j, c6_i, c6_j, gamma_i, gamma_j, r, cutoff: float | None) -> jax.Array:
+        a1 = nn.softplus(self.param("a1", lambda key: jnp.asarray(_softplus_inverse(0.4), jnp.float32)))
+        a2 = nn.softplus(self.param("a2", lambda key: jnp.asarray(_softplus_inverse(4.8), jnp.float32)))
+        c6 = 2 * c6_i * c6_j / (alpha_j / alpha_i * c6_i + alpha_i / alpha_j * c6_j)
+        c8_over_c6 = 2.5 * (1 / gamma_i + 1 / gamma_j)
+        c10_over_c6 = (245.0 / 8.0) / (gamma_i * gamma_j)
+        radius2 = (a1 * jnp.sqrt(c8_over_c6) + a2) ** 2
+        r2 = (r / Bohr) ** 2
+        r6, radius6 = r2**3, radius2**3
+        terms = 1 / (r6 + radius6) + c8_over_c6 / (r6 * r2 + radius6 * radius2) \
+            + c10_over_c6 / (r6 * r2 * r2 + radius6 * radius2 * radius2)
+        return -Hartree * c6 * terms * _long_range_switch(r, cutoff)
+
+
+class SO3LRModel(nn.Module):
+    """Energies, charges, Hirshfeld ratios of a batch (see the module docstring).
 
     Attributes
     ----------
-    config:
-        Architecture (:class:`ModelConfig`).
-    energy_scale:
-        Initial per-element energy scale in eV (only used at ``init``).
+    config: architecture
+    energy_scale: initial per-element energy scale in eV (only used at ``init``)
     """
 
     config: ModelConfig = ModelConfig()
     energy_scale: float = 1.0
 
     @nn.compact
-    def __call__(
-        self,
-        numbers: jax.Array,
-        positions: jax.Array,
-        dst_idx: jax.Array,
-        src_idx: jax.Array,
-        batch_segments: jax.Array,
-        atom_mask: jax.Array,
-        pair_mask: jax.Array,
-        num_graphs: int,
-    ) -> jax.Array:
-        """Residual energy of every molecule.
+    def __call__(self, positions: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+        """Outputs for ``batch`` at ``positions`` (N, 3) Å.
 
-        Parameters
-        ----------
-        numbers: (N,) int, atomic numbers (0 for padding)
-        positions: (N, 3) Å
-        dst_idx, src_idx: (P,) int, neighbour pairs within the cutoff
-        batch_segments: (N,) int, molecule index of each atom
-        atom_mask, pair_mask: (N,), (P,) bool, False for padding
-        num_graphs: G (static)
-
-        Returns
-        -------
-        (G,) eV; padded molecules get 0.
+        Returns a dict: ``energy`` (G,) eV (residual, sum of the terms),
+        ``energy_short``, ``energy_repulsion``, ``energy_electrostatics``,
+        ``energy_dispersion`` (G,) eV, ``charges`` (N,) e, ``hirshfeld`` (N,),
+        ``dipole`` (G, 3) e·Å of the QM atoms about the coordinate origin.
         """
         cfg = self.config
-        geometry = pair_geometry(
-            positions, dst_idx, src_idx, pair_mask,
-            max_degree=cfg.max_degree,
-            num_basis_functions=cfg.num_basis_functions,
-            cutoff=cfg.cutoff,
-        )
-        x = e3x.nn.Embed(num_embeddings=MAX_ATOMIC_NUMBER + 1, features=cfg.features)(numbers)
+        numbers, segments = batch["numbers"], batch["batch_segments"]
+        atom_mask, pair_mask = batch["atom_mask"], batch["pair_mask"]
+        dst, src = batch["dst_idx"], batch["src_idx"]
+        num_graphs = batch["graph_mask"].shape[0]
+        qm = atom_mask & (numbers > 0)
+        mm = atom_mask & (numbers == 0)
+
+        # short-range geometry
+        vectors, r = _displacements(positions, dst, src, pair_mask, 2.0 * cfg.cutoff)
+        cut = e3x.nn.smooth_cutoff(r, cutoff=cfg.cutoff) * pair_mask
+        radial = e3x.nn.basic_bernstein(r, cfg.num_basis_functions, limit=cfg.cutoff) * cut[:, None]
+        ylm = e3x.so3.spherical_harmonics(vectors / r[:, None], cfg.max_degree, r_is_normalized=True)[:, 1:]
+
+        x = nn.Embed(MAX_ATOMIC_NUMBER + 1, cfg.features, name="element_embedding")(numbers)
+        x = x + ChargeSpinEmbedding(cfg.features, name="charge_embedding")(
+            x, batch["total_charge"], segments, atom_mask, num_graphs)
+        x = x + ChargeSpinEmbedding(cfg.features, name="spin_embedding")(
+            x, batch["spin"], segments, atom_mask, num_graphs)
+        chi = jnp.zeros((x.shape[0], (cfg.max_degree + 1) ** 2 - 1), x.dtype)
         for i in range(cfg.num_iterations):
-            last = i == cfg.num_iterations - 1
-            x = InteractionBlock(features=cfg.features, max_degree=cfg.max_degree, messages=cfg.messages,
-                                 output_max_degree=0 if last else None)(x, geometry, dst_idx, src_idx)
-        # Scalar readout: (N, 1, 1, F) -> (N,)
-        h = e3x.nn.silu(e3x.nn.Dense(cfg.features)(x))
-        atomic = e3x.nn.Dense(1, use_bias=False)(h)[:, 0, 0, 0]
-        atomic = ElementScaleShift(energy_scale=self.energy_scale, name="element_scale_shift")(atomic, numbers)
-        atomic = jnp.where(atom_mask, atomic, 0.0)
-        return jax.ops.segment_sum(atomic, batch_segments, num_segments=num_graphs)
+            x, chi = SO3kratesLayer(cfg.features, cfg.max_degree, cfg.num_heads, cfg.avg_num_neighbors,
+                                    name=f"layer_{i}")(x, chi, radial, ylm, cut, dst, src)
+        x = nn.LayerNorm()(x)
+
+        # atomic energies with per-element scale and shift
+        heads = MLP(cfg.features, 3, name="heads")(x)  # energy, charge, Hirshfeld ratio
+        atomic = heads[:, 0]
+        table = MAX_ATOMIC_NUMBER + 1
+        scale = self.param("element_scale", lambda key: jnp.full((table,), self.energy_scale, jnp.float32))
+        shift = self.param("element_shift", nn.initializers.zeros, (table,), jnp.float32)
+        atomic = jnp.where(qm, scale[numbers] * atomic + shift[numbers], 0.0)
+        terms = {"energy_short": jax.ops.segment_sum(atomic, segments, num_segments=num_graphs)}
+
+        # charges: total charge of the QM atoms conserved exactly
+        raw = jnp.where(qm, heads[:, 1], 0.0)
+        n_qm = jax.ops.segment_sum(qm.astype(raw.dtype), segments, num_segments=num_graphs)
+        excess = (batch["total_charge"] - jax.ops.segment_sum(raw, segments, num_segments=num_graphs))
+        correction = (excess / jnp.maximum(n_qm, 1.0))[segments]
+        qm_charges = jnp.where(qm, raw + correction, 0.0)
+        charges = jnp.where(mm, batch["mm_charges"], qm_charges)
+        dipole = jax.ops.segment_sum(qm_charges[:, None] * positions, segments, num_segments=num_graphs)
+
+        # Hirshfeld ratios, positive; 1 at a zero raw output
+        hirshfeld = jnp.where(qm, nn.softplus(heads[:, 2] + _softplus_inverse(1.0)), 0.0)
+
+        zero = jnp.zeros(num_graphs, atomic.dtype)
+        if cfg.repulsion:
+            pair_qm = pair_mask & qm[dst] & qm[src]
+            e_pair = ZBLRepulsion(name="repulsion")(numbers[dst], numbers[src], r, cut * pair_qm)
+            # ordered pairs: each interaction is listed twice
+            terms["energy_repulsion"] = 0.5 * jax.ops.segment_sum(e_pair, segments[dst], num_segments=num_graphs)
+        else:
+            terms["energy_repulsion"] = zero
+        terms["energy_electrostatics"] = terms["energy_dispersion"] = zero
+        if cfg.uses_long_range:
+            i, j, lr_mask = batch["lr_dst"], batch["lr_src"], batch["lr_mask"]
+            far = 2.0 * (cfg.long_range_cutoff or 1e3)
+            _, r_lr = _displacements(positions, i, j, lr_mask, far)
+            lr_graph = segments[i]
+            if cfg.electrostatics:
+                not_mm_mm = lr_mask & ~(mm[i] & mm[j])
+                kernel = coulomb_kernel(r_lr, cfg.electrostatics_damping, cfg.long_range_cutoff)
+                e_pair = jnp.where(not_mm_mm, COULOMB * charges[i] * charges[j] * kernel, 0.0)
+                terms["energy_electrostatics"] = jax.ops.segment_sum(e_pair, lr_graph, num_segments=num_graphs)
+            if cfg.dispersion:
+                has_data = jnp.asarray(FREE_C6 > 0)[numbers] & qm
+                both_qm = lr_mask & has_data[i] & has_data[j]
+                alpha, c6, gamma = dispersion_coefficients(numbers, hirshfeld)
+                e_pair = Dispersion(name="dispersion")(alpha[i], alpha[j], c6[i], c6[j], gamma[i], gamma[j],
+                                                       r_lr, cfg.long_range_cutoff)
+                terms["energy_dispersion"] = jax.ops.segment_sum(jnp.where(both_qm, e_pair, 0.0), lr_graph,
+                                                                 num_segments=num_graphs)
+        energy = sum(terms.values())
+        return {"energy": energy, **terms, "charges": charges, "hirshfeld": hirshfeld, "dipole": dipole}
 
 
-def _model_inputs(batch: Batch) -> tuple:
-    return (batch["numbers"], batch["dst_idx"], batch["src_idx"], batch["batch_segments"],
-            batch["atom_mask"], batch["pair_mask"])
+#: Backwards-compatible name of the network module.
+EnergyModel = SO3LRModel
 
 
 @functools.lru_cache(maxsize=8)
 def _init_fn(config: ModelConfig):
     # XLA backend optimisation off: parameter shapes do not depend on the
-    # batch and init runs once per model, so a quick unoptimised compile
-    # (~2 s) beats both an optimised one and eager op-by-op dispatch (~15 s
-    # on 2 cores). Cached per config so repeated training runs reuse it.
-    return jax.jit(EnergyModel(config).init, static_argnums=(8,),
-                   compiler_options={"xla_backend_optimization_level": 0})
+    # batch and init runs once per model, so a quick unoptimised compile beats
+    # an optimised one. Cached per config so repeated training runs reuse it.
+    return jax.jit(SO3LRModel(config).init, compiler_options={"xla_backend_optimization_level": 0})
 
 
-def init_params(model: EnergyModel, batch: Batch, key: jax.Array) -> Params:
+def init_params(model: SO3LRModel, batch: Batch, key: jax.Array) -> Params:
     """Initialise parameters from one example batch (any shape bucket).
 
     ``model.energy_scale`` is written into the per-element scales after
     init, so the compiled init is shared by models that differ only in it.
     """
-    numbers, dst, src, segments, atom_mask, pair_mask = _model_inputs(batch)
-    params = _init_fn(model.config)(key, numbers, batch["positions"], dst, src, segments, atom_mask,
-                                    pair_mask, int(batch["graph_mask"].shape[0]))
+    params = _init_fn(model.config)(key, batch["positions"], batch)
     params = jax.tree.map(lambda x: x, params)  # a fresh dict tree we may edit
-    readout = params["params"]["element_scale_shift"]
-    readout["element_scale"] = jnp.full_like(readout["element_scale"], model.energy_scale)
+    params["params"]["element_scale"] = jnp.full_like(params["params"]["element_scale"], model.energy_scale)
     return params
 
 
-def energy_and_forces(model: EnergyModel, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Residual energies (G,) eV and forces (N, 3) eV/Å, forces = -dE/dR.
+def predict_batch(model: SO3LRModel, params: Params, batch: Batch) -> dict[str, jax.Array]:
+    """All outputs of :class:`SO3LRModel` plus ``forces`` (N, 3) eV/Å = -dE/dR.
 
-    Forces of padded atoms are zero. Because every atom belongs to exactly
-    one molecule, the gradient of the *sum* of molecular energies gives each
+    Forces of padded atoms are zero. Every atom belongs to exactly one
+    molecule, so the gradient of the *sum* of molecular energies gives each
     atom's force in one backward pass.
     """
-    numbers, dst, src, segments, atom_mask, pair_mask = _model_inputs(batch)
-    num_graphs = int(batch["graph_mask"].shape[0])
+    def total_energy(positions):
+        out = model.apply(params, positions, batch)
+        return jnp.sum(out["energy"]), out
 
-    def total_energy(positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        energies = model.apply(params, numbers, positions, dst, src, segments, atom_mask, pair_mask,
-                               num_graphs)
-        return jnp.sum(energies), energies
+    (_, out), gradient = jax.value_and_grad(total_energy, has_aux=True)(batch["positions"])
+    out["forces"] = jnp.where(batch["atom_mask"][:, None], -gradient, 0.0)
+    return out
 
-    (_, energies), gradient = jax.value_and_grad(total_energy, has_aux=True)(batch["positions"])
-    forces = jnp.where(atom_mask[:, None], -gradient, 0.0)
-    return energies, forces
+
+def energy_and_forces(model: SO3LRModel, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Residual energies (G,) eV and forces (N, 3) eV/Å."""
+    out = predict_batch(model, params, batch)
+    return out["energy"], out["forces"]
