@@ -108,7 +108,8 @@ def dataset_frames(dataset_path: str | os.PathLike, **selection: Any) -> list[At
         results = atoms.calc.results if atoms.calc is not None else {}
         for key in ("energy", "forces"):
             if key not in results:
-                raise ValueError(f"dataset {dataset_path}: structure {atoms.info.get('name', atoms.get_chemical_formula())!r} "
+                name = atoms.info.get("name", atoms.get_chemical_formula())
+                raise ValueError(f"dataset {dataset_path}: structure {name!r} "
                                  f"(sid {atoms.info.get('sid', '?')}) has no {key}")
     return frames
 
@@ -311,7 +312,7 @@ def export_spice_hdf5(dataset_path: str | os.PathLike, out_path: str | os.PathLi
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-    metadata = Dataset(dataset_path).metadata if "://" in str(dataset_path) or Path(dataset_path).exists() else {}
+    metadata = Dataset(dataset_path).metadata  # dataset_frames checked that it exists
     with h5py.File(tmp, "w") as handle:
         level = metadata.get("level_of_theory")
         if level:

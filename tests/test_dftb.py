@@ -60,7 +60,8 @@ def test_missing_binary_or_parameters_is_explained(monkeypatch, tmp_path):
         dftb.slater_koster_directory(["H", "O"])
 
 
-@pytest.mark.skipif(dftb.dftb_plus_binary() is None, reason="no dftb+ binary on PATH (conda install -c conda-forge dftbplus)")
+@pytest.mark.skipif(dftb.dftb_plus_binary() is None,
+                    reason="no dftb+ binary on PATH (conda install -c conda-forge dftbplus)")
 def test_dftb3_mbd_optimises_water():
     try:
         dftb.slater_koster_directory(["H", "O"])
