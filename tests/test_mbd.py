@@ -323,3 +323,16 @@ def test_base_pair_forces_match_finite_differences(variant: str) -> None:
             shifted[i, k] += sign * step
             energies.append(mbd.mbd_energy(shifted, numbers, ratios, variant=variant))
         assert forces[i, k] == pytest.approx(-(energies[0] - energies[1]) / (2 * step), abs=1e-6)
+
+
+def test_compilation_cache_directory(tmp_path, monkeypatch) -> None:
+    import jax
+
+    previous = jax.config.jax_compilation_cache_dir
+    monkeypatch.setenv("QCELL_NB_CACHE", str(tmp_path))
+    try:
+        path = mbd.enable_compilation_cache()
+        assert path == tmp_path / "jax" and path.is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(path)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
