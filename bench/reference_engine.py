@@ -220,6 +220,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small molecules and basis (minutes)")
     parser.add_argument("--convergence", action="store_true", help="also the grid/threshold table (c)")
+    parser.add_argument("--sections", nargs="+", choices=["labels", "mbd", "convergence", "dimers"],
+                        help="run only these sections (default: labels mbd dimers, + convergence with --convergence)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "reference_engine.json"))
     args = parser.parse_args()
 
@@ -233,23 +235,36 @@ def main() -> None:
     for atoms in label_structures:
         atoms.info.setdefault("name", atoms.get_chemical_formula())
 
-    report = {"mode": "quick" if args.quick else "full", "host": platform.node(),
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average": os.getloadavg()}
-    print(f"(a) PBE0+MBD labels vs default PySCF ({label_basis})")
-    report["labels"] = bench_labels(label_structures, label_basis, grid_level=3)
-    print(f"    fitted exponent: default {report['labels']['exponent_default']}, ours {report['labels']['exponent_ours']}")
-    print("(b) MBD@rsSCS energy+forces: JAX vs finite differences of pymbd")
-    report["mbd"] = bench_mbd([glycine_oligomer(n) for n in mbd_sizes])
-    if args.convergence:
-        print("(c) grid / SCF threshold convergence (def2-TZVP)")
-        report["convergence"] = bench_convergence()
-    print(f"(d) S22 dimers, counterpoise, {dimer_basis}")
-    report["dimers"] = bench_dimers(dimer_names, dimer_basis)
-    report["load_average_end"] = os.getloadavg()
+    sections = args.sections or ["labels", "mbd", "dimers"] + (["convergence"] if args.convergence else [])
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=float))
-    print(f"wrote {out}")
+    # Sections are merged into an existing file of the same mode, and the file
+    # is rewritten after each section, so sections can be run separately.
+    report = json.loads(out.read_text()) if out.exists() else {}
+    if report.get("mode") != ("quick" if args.quick else "full"):
+        report = {}
+    report.update({"mode": "quick" if args.quick else "full", "host": platform.node(),
+                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})
+
+    def save(section: str, value: dict) -> None:
+        report[section] = {**value, "load_average": os.getloadavg()}
+        out.write_text(json.dumps(report, indent=2, default=float))
+        print(f"wrote {section} to {out}", flush=True)
+
+    if "labels" in sections:
+        print(f"(a) PBE0+MBD labels vs default PySCF ({label_basis})")
+        labels = bench_labels(label_structures, label_basis, grid_level=3)
+        print(f"    fitted exponent: default {labels['exponent_default']}, ours {labels['exponent_ours']}")
+        save("labels", labels)
+    if "mbd" in sections:
+        print("(b) MBD@rsSCS energy+forces: JAX vs finite differences of pymbd")
+        save("mbd", bench_mbd([glycine_oligomer(n) for n in mbd_sizes]))
+    if "convergence" in sections:
+        print("(c) grid / SCF threshold convergence (def2-TZVP)")
+        save("convergence", bench_convergence())
+    if "dimers" in sections:
+        print(f"(d) S22 dimers, counterpoise, {dimer_basis}")
+        save("dimers", bench_dimers(dimer_names, dimer_basis))
 
 
 if __name__ == "__main__":
