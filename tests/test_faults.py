@@ -120,9 +120,14 @@ print(f"computed {summary.succeeded}, failed {len(summary.failed)}", flush=True)
 
 
 def sql_sids(db: Path) -> list[str]:
-    """Every row's sid, straight from SQLite (duplicates included)."""
+    """Every row's sid, straight from SQLite (duplicates included; none before the table exists)."""
+    if not db.exists():
+        return []
     with sqlite3.connect(db, timeout=10) as connection:
-        rows = connection.execute("select key_value_pairs from systems").fetchall()
+        try:
+            rows = connection.execute("select key_value_pairs from systems").fetchall()
+        except sqlite3.OperationalError:  # the driver has created the file but not its tables yet
+            return []
     return [json.loads(pairs)["sid"] for (pairs,) in rows]
 
 
@@ -189,6 +194,10 @@ def started_processes():
 @pytest.fixture
 def cluster(scheduler, tmp_path, started_processes) -> LoopbackCluster:
     """Two fresh single-threaded workers for this test (so a test may kill them)."""
+    with Client(scheduler, timeout=60) as client:
+        deadline = time.time() + 30  # the scheduler forgets an earlier test's killed workers
+        while client.scheduler_info(n_workers=-1)["workers"] and time.time() < deadline:
+            time.sleep(0.1)
     cluster = LoopbackCluster(scheduler)
     # No nanny: SIGKILL takes the worker down for good, as when its machine dies.
     cluster.workers = [_launch([DASK, "worker", scheduler, "--nthreads", "1", "--nworkers", "1", "--no-nanny",
@@ -309,23 +318,27 @@ def test_a_driver_killed_mid_stage_resumes_without_duplicates(cluster, tmp_path,
     started = time.perf_counter()
     first = _launch(command, tmp_path, started_processes, stdout=subprocess.PIPE)
     deadline = time.time() + 120
-    while first.poll() is None and time.time() < deadline and (not db.exists() or len(sql_sids(db)) < 2):
+    while first.poll() is None and time.time() < deadline and len(sql_sids(db)) < 2:
         time.sleep(0.05)
     assert first.poll() is None, f"the driver ended before it was killed: {first.stdout.read().decode()}"
     killed_after = time.perf_counter() - started
     _kill_group(first)
     rows_at_kill = len(Dataset(db))
-    second = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=300)
+    second = _launch(command, tmp_path, started_processes, stdout=subprocess.PIPE, text=True)
+    try:
+        output, _ = second.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        _kill_group(second)
+        pytest.fail(f"the restarted driver did not finish: {second.stdout.read()}")
     seconds = time.perf_counter() - started
-    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.returncode == 0, output
     print(f"driver killed after {rows_at_kill} rows at {killed_after:.1f} s; both drivers took {seconds:.1f} s")
 
     expected = sorted(structure_id(atoms) for atoms in structures)
     assert 2 <= rows_at_kill < len(expected)
     missing = len(expected) - rows_at_kill
-    assert f"{len(expected)} structures: {rows_at_kill} already labelled, {missing} to compute" in second.stdout
-    assert f"computed {missing}, failed 0" in second.stdout
+    assert f"{len(expected)} structures: {rows_at_kill} already labelled, {missing} to compute" in output
+    assert f"computed {missing}, failed 0" in output
     assert sorted(sql_sids(db)) == expected, "rows lost or duplicated"
     assert Dataset(db).failures() == []
 
