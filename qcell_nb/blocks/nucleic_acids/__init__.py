@@ -7,7 +7,10 @@ trimers and base-pair dimers (stage 03), :mod:`.descriptors` P-P distances and
 backbone bending against the canonical A/B/Z values.
 """
 
-from . import build
+from . import build, descriptors, fragments, geometry, sampling
 from .build import *  # noqa: F403
+from .descriptors import *  # noqa: F403
+from .fragments import *  # noqa: F403
+from .sampling import *  # noqa: F403
 
-__all__ = list(build.__all__)
+__all__ = list(build.__all__) + list(descriptors.__all__) + list(fragments.__all__) + list(sampling.__all__)
