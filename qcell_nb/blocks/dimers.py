@@ -334,10 +334,6 @@ def plot_distance_coverage(dimers: Sequence[Atoms], path=None):
 
     Saves to ``path`` when given; returns the matplotlib figure.
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     closest = [_closest_intermolecular(dimer) for dimer in dimers]
