@@ -16,3 +16,16 @@ def test_bad_name_is_recorded_and_the_rest_built(tmp_path, capsys):
     assert json.loads((tmp_path / "failures.json").read_text()) == failures
     assert read_counts(tmp_path)["failed"] == 1
     assert "FAILED carbohydrates beta-D-glucosaurus" in capsys.readouterr().out
+
+
+def test_tuples_are_unpacked_and_only_declared_keywords_passed():
+    from qcell_nb.blocks.ions_water import build_ion
+
+    def pair(a, b):
+        from ase import Atoms
+        return Atoms("H2", positions=[[0, 0, 0], [0, 0, float(len(a + b))]])
+
+    built, failures = collect(pair, [("ab", "c")], seed=3)
+    assert failures == [] and built[0].positions[1, 2] == 3.0
+    ions, failures = collect(build_ion, ["Na+", "Xx+"], subset="ions_water", seed=1)  # build_ion takes no seed
+    assert [a.info["charge"] for a in ions] == [1] and failures[0]["item"] == "Xx+"

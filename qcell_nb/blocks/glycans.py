@@ -39,6 +39,7 @@ __all__ = [
     "build_disaccharide",
     "build_glycopeptide",
     "build_named_disaccharide",
+    "build_named_glycopeptide",
     "disaccharide_smiles",
     "glycopeptide_smiles",
 ]
@@ -284,6 +285,14 @@ def build_glycopeptide(sugar: str, residue: str = "Asn", anomer: str | None = No
     smiles = glycopeptide_smiles(sugar, residue, anomer)
     return _block(smiles, name or f"{donor_name}-{residue}", seed, block_type="glycopeptide", donor=donor_name,
                   residue=residue, anomer=LIBRARY[sugar].anomer if anomer is None else anomer)
+
+
+def build_named_glycopeptide(name: str, seed: int = 0) -> Atoms:
+    """3D structure of a glycopeptide of :data:`GLYCOPEPTIDES` (``"GlcNAc-beta-Asn"``, ...)."""
+    if name not in GLYCOPEPTIDES:
+        raise ValueError(f"unknown glycopeptide {name!r}; known names: {', '.join(GLYCOPEPTIDES)}")
+    sugar, residue = GLYCOPEPTIDES[name]
+    return build_glycopeptide(sugar, residue, seed=seed, name=name)
 
 
 def _names(selection: Sequence[str] | str | None, known: dict, kind: str) -> list[str]:

@@ -8,6 +8,7 @@ stage's outputs (``failures.json``) and counts them in the manifest.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -26,7 +27,17 @@ def _name(item: Any) -> str:
         return str(item.info.get("name") or item.get_chemical_formula())
     if isinstance(item, (list, tuple)) and item and isinstance(item[0], Atoms):
         return _name(item[0])
+    if isinstance(item, tuple):
+        return " ".join(str(part) for part in item)
     return str(item)
+
+
+def _accepted(step: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``step`` declares (all of them if it takes ``**kwargs``)."""
+    parameters = inspect.signature(step).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return kwargs
+    return {key: value for key, value in kwargs.items() if key in parameters}
 
 
 def collect(step: Callable[..., Any], items: Iterable[Any], *, subset: str = "", **kwargs: Any
@@ -35,17 +46,21 @@ def collect(step: Callable[..., Any], items: Iterable[Any], *, subset: str = "",
 
     Args:
         step: returns an :class:`ase.Atoms` or a list of them.
-        items: names, structures or any other per-item input.
+        items: names, structures or any other per-item input; a tuple is unpacked into positional
+            arguments (``("GCGATCG", "B")`` -> ``step("GCGATCG", "B")``).
         subset: QCell class, recorded with each failure.
+        kwargs: passed to ``step`` where it declares them, so one call can give ``seed`` to the
+            steps that are random and not to those that are not.
 
     Returns:
         (structures, failures); a failure is ``{"item", "subset", "error"}`` with the error's type and text.
     """
     structures: list[Atoms] = []
     failures: list[dict[str, str]] = []
+    accepted = _accepted(step, kwargs)
     for item in items:
         try:
-            result = step(item, **kwargs)
+            result = step(*item, **accepted) if isinstance(item, tuple) else step(item, **accepted)
         except Exception as exc:  # noqa: BLE001 - any error of one item is that item's failure
             failures.append({"item": _name(item), "subset": subset, "error": f"{type(exc).__name__}: {exc}"})
             continue
