@@ -55,6 +55,7 @@ __all__ = [
     "LIPIDS",
     "LipidSpec",
     "assemble_bilayer",
+    "build_charge",
     "build_lipid",
     "build_lipids",
     "default_composition",
@@ -287,7 +288,7 @@ def _extend(mol: Chem.Mol, names: list[str], spec: LipidSpec, label: str, seed: 
     field = AllChem.MMFFGetMoleculeForceField(mol, properties)
     for torsion in chain:
         field.MMFFAddTorsionConstraint(*torsion, False, 170.0, 190.0, 50.0)
-    field.Minimize(maxIts=1000)
+    field.Minimize(maxIts=300)
 
 
 def _orient(positions: np.ndarray, head: int, tails: Sequence[int]) -> np.ndarray:
@@ -421,7 +422,8 @@ def _closest_distance(points: np.ndarray, placed: list[np.ndarray], box: np.ndar
 
 
 def assemble_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: Mapping[str, float] | None = None,
-                     water_per_lipid: int = 30, seed: int = 0, area_scale: float = 1.3) -> Atoms:
+                     water_per_lipid: int = 30, seed: int = 0, area_scale: float = 1.3,
+                     min_edge: float = 20.0) -> Atoms:
     """A hydrated, neutralised bilayer patch in an orthorhombic box, z normal to the membrane.
 
     Each leaflet holds ``n_per_leaflet`` lipids on a square-ish lattice (spacing from the
@@ -449,6 +451,9 @@ def assemble_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: M
         Seed of the placement; the same inputs give the same patch.
     area_scale:
         Factor on the tabulated areas per lipid for the lattice spacing.
+    min_edge:
+        Å; the lateral box edges are at least this long (PME with a 9 Å cutoff needs more than
+        18 Å), the lattice is stretched for very small patches.
 
     Returns
     -------
@@ -481,8 +486,9 @@ def assemble_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: M
     height = {name: float(np.ptp(blocks[name].positions[:, 2])) for name in counts}
     core = max(height.values()) + 1.0  # half thickness of the lipid region
     n_water_target = int(water_per_lipid) * n_lipids
-    slab = n_water_target * _WATER_VOLUME / (nx * ny * spacing**2)  # both slabs together
-    box = np.array([nx * spacing, ny * spacing, 2 * core + slab])
+    lateral = np.maximum(np.array([nx, ny]) * spacing, float(min_edge))
+    slab = n_water_target * _WATER_VOLUME / float(np.prod(lateral))  # both slabs together
+    box = np.array([lateral[0], lateral[1], 2 * core + slab])
     centre = box[2] / 2
 
     placed: list[np.ndarray] = []
@@ -499,7 +505,7 @@ def assemble_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: M
             xyz[:, :2] -= xyz[:, :2].mean(axis=0)
             if leaflet < 0:
                 xyz = xyz * np.array([1.0, -1.0, -1.0])  # 180 deg about x: heads down
-            site_xyz = np.array([(site % nx + 0.5) * spacing, (site // nx + 0.5) * spacing,
+            site_xyz = np.array([(site % nx + 0.5) * box[0] / nx, (site // nx + 0.5) * box[1] / ny,
                                  centre + 1.5 * leaflet])
             best, best_gap = None, -np.inf
             for angle in rng.uniform(0.0, 2 * np.pi, _PLACEMENT_TRIALS):
@@ -606,3 +612,264 @@ def sample_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: Map
     info.update(charge=0, multiplicity=1, md_steps=int(settings.production_steps))
     return frames_to_atoms(trajectory, info, atoms_mask=mask)
 
+
+
+# --- stage 03: fragments ----------------------------------------------------------------------
+
+#: Å, length of the X-H bond that caps a cut bond, by element of the kept atom X.
+_CAP_BOND = {"C": 1.09, "O": 0.97, "N": 1.01}
+_RESIDUE_TO_LIPID = {spec.residue: name for name, spec in LIPIDS.items()}
+
+
+@dataclass(frozen=True)
+class _UnitTemplate:
+    """Template indices of one fragment unit and its cut bonds (kept, removed)."""
+
+    label: str
+    atoms: tuple[int, ...]
+    cuts: tuple[tuple[int, int], ...]
+    charge: int
+
+
+@functools.lru_cache(maxsize=None)
+def _acyl_units(residue: str, max_chain_carbons: int | None) -> tuple[_UnitTemplate, ...]:
+    """The acyl chains of a Lipid21 residue as fatty-acid units, found on the template graph.
+
+    A chain starts at an ester carbonyl carbon (bonded to a terminal O and to an O that bonds
+    another carbon) and runs along carbons. It is cut at the ester oxygen-glycerol bond (capped:
+    a carboxylic acid) and, with ``max_chain_carbons``, after that many carbons (capped: a
+    methyl end); a cut never falls inside a C=C double bond (the count grows by one instead), so
+    every unit is closed-shell and neutral.
+    """
+    template = _template(residue)
+    elements, neighbours = template.elements, template.neighbours
+    units = []
+    for carbon in range(len(elements)):
+        if elements[carbon] != "C":
+            continue
+        oxygens = [n for n in neighbours[carbon] if elements[n] == "O"]
+        carbonyl = [o for o in oxygens if len(neighbours[o]) == 1]
+        ester = [o for o in oxygens if len(neighbours[o]) == 2]
+        if len(carbonyl) != 1 or len(ester) != 1:
+            continue
+        chain = [carbon]
+        while True:
+            following = [n for n in neighbours[chain[-1]] if elements[n] == "C" and n not in chain]
+            if not following:
+                break
+            chain.append(following[0])
+        keep = len(chain) if max_chain_carbons is None else min(len(chain), int(max_chain_carbons))
+        while keep < len(chain) and len(neighbours[chain[keep - 1]]) == 3:  # sp2: do not split C=C
+            keep += 1
+        kept = chain[:keep]
+        hydrogens = [n for c in kept for n in neighbours[c] if elements[n] == "H"]
+        glycerol = [n for n in neighbours[ester[0]] if n != carbon][0]
+        cuts = [(ester[0], glycerol)] + ([(kept[-1], chain[keep])] if keep < len(chain) else [])
+        position = "sn-2" if template.names[carbon].startswith("C2") else "sn-1"
+        units.append(_UnitTemplate(f"{position} C{keep}", tuple(kept + carbonyl + ester + hydrogens),
+                                   tuple(cuts), 0))
+    return tuple(units)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    label: str
+    atoms: np.ndarray            # frame atom indices
+    cuts: tuple[tuple[int, int], ...]  # frame atom indices (kept, removed)
+    charge: int
+
+
+def _frame_units(frame: Atoms, unit: str, max_chain_carbons: int | None) -> list[_Unit]:
+    """Fragment units of one bilayer frame, in residue order."""
+    residue_index = np.asarray(frame.info["residue_index"])
+    residue_name = list(frame.info["residue_name"])
+    atom_name = list(frame.info["atom_name"])
+    units = []
+    for residue in np.unique(residue_index):
+        members = np.flatnonzero(residue_index == residue)
+        name = residue_name[members[0]]
+        if name not in _RESIDUE_TO_LIPID:
+            continue
+        lipid = _RESIDUE_TO_LIPID[name]
+        label = f"{lipid}#{int(residue)}"
+        if unit == "lipid":
+            units.append(_Unit(label, members, (), build_charge(lipid)))
+            continue
+        by_name = {atom_name[i]: i for i in members}
+        template = _template(name)
+        for part in _acyl_units(name, max_chain_carbons):
+            frame_of = [by_name[template.names[t]] for t in part.atoms]
+            cuts = tuple((by_name[template.names[a]], by_name[template.names[b]]) for a, b in part.cuts)
+            units.append(_Unit(f"{label} {part.label}", np.array(frame_of), cuts, part.charge))
+    return units
+
+
+def _unit_contacts(frame: Atoms, units: list[_Unit], cutoff: float) -> dict[tuple[int, int], tuple[float, np.ndarray]]:
+    """(unit a, unit b) -> (closest heavy-atom distance in Å, lattice shift of b next to a)."""
+    owner = np.full(len(frame), -1)
+    for u, part in enumerate(units):
+        owner[part.atoms] = u
+    heavy = np.flatnonzero((owner >= 0) & (frame.numbers > 1))
+    sub = Atoms(frame.numbers[heavy], frame.positions[heavy], cell=frame.cell, pbc=frame.pbc)
+    i, j, d, shifts = neighbor_list("ijdS", sub, cutoff)
+    a, b = owner[heavy[i]], owner[heavy[j]]
+    contacts: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+    for k in np.argsort(d, kind="stable"):
+        if a[k] != b[k] and (a[k], b[k]) not in contacts:
+            contacts[(int(a[k]), int(b[k]))] = (float(d[k]), shifts[k])
+    return contacts
+
+
+def _grow_cluster(start: int, size: int, contacts, n_units: int) -> dict[int, np.ndarray] | None:
+    """Greedy proximity cluster: add the unit closest to any member until ``size``; None if none is near."""
+    cluster = {start: np.zeros(3, dtype=int)}
+    while len(cluster) < size:
+        best = None
+        for (a, b), (distance, shift) in contacts.items():
+            if a in cluster and b not in cluster and (best is None or distance < best[0]):
+                best = (distance, b, cluster[a] + shift)
+        if best is None:
+            return None
+        cluster[best[1]] = best[2]
+    return cluster
+
+
+def _fragment(frame: Atoms, units: list[_Unit], cluster: dict[int, np.ndarray], kind: str, unit: str,
+              parent: str) -> Atoms:
+    numbers, positions, labels, charge = [], [], [], 0
+    cell = frame.cell.array
+    for u, shift in cluster.items():
+        part = units[u]
+        offset = shift @ cell
+        numbers.extend(frame.numbers[part.atoms])
+        positions.extend(frame.positions[part.atoms] + offset)
+        for kept, removed in part.cuts:
+            bond = frame.positions[removed] - frame.positions[kept]
+            length = _CAP_BOND[chemical_symbols[frame.numbers[kept]]]
+            numbers.append(1)
+            positions.append(frame.positions[kept] + offset + bond / np.linalg.norm(bond) * length)
+        labels.append(part.label)
+        charge += part.charge
+    fragment = Atoms(numbers=numbers, positions=np.asarray(positions))
+    fragment.positions -= fragment.positions.mean(axis=0)
+    if (int(fragment.numbers.sum()) - charge) % 2:
+        raise ValueError(f"{kind} {labels} of frame {parent} has an odd electron count: a cut is not capped")
+    fragment.info.update(name=f"{kind} " + " + ".join(labels), subset="lipids", fragment_kind=kind,
+                         unit=unit, members=labels, charge=int(charge), multiplicity=1, parent_id=parent,
+                         frame=int(frame.info.get("frame", 0)))
+    return fragment
+
+
+def select_fragments(frames: Sequence[Atoms], kinds: Sequence[str] = tuple(FRAGMENT_KINDS), max_per_frame: int = 4,
+                     seed: int = 0, unit: str = "lipid", max_chain_carbons: int | None = None,
+                     contact_cutoff: float = 5.0) -> list[Atoms]:
+    """Monomers, dimers and trimers of lipid units chosen by geometric proximity.
+
+    For each frame and kind, units are visited in a seeded random order; each grows a cluster by
+    repeatedly adding the unit whose closest heavy atom (minimum image) is nearest to any member,
+    up to the kind's size (1, 2, 3). Clusters already taken are skipped; at most
+    ``max_per_frame`` fragments per kind and frame. Periodic images are unwrapped so each
+    fragment is contiguous; it is centred at the origin, not periodic.
+
+    Parameters
+    ----------
+    frames:
+        Bilayer frames from :func:`sample_bilayer` (topology arrays in info).
+    kinds:
+        Any of ``"monomer"``, ``"dimer"``, ``"trimer"``.
+    max_per_frame:
+        Fragments per kind and frame.
+    seed:
+        Seeds the visiting order; the same frames and parameters give the same fragments.
+    unit:
+        ``"lipid"``: whole lipid molecules (the paper's fragments: POPC monomer 134 atoms, trimers
+        ~400; charge is the lipids' formal charge). ``"acyl"``: each acyl chain cut at its ester
+        oxygen and capped with H, i.e. a fatty acid (neutral); cholesterol has none.
+    max_chain_carbons:
+        With ``unit="acyl"``, keep this many chain carbons (carbonyl carbon = C1) and cap the rest
+        with H: 4 gives butanoic-acid units of 14 atoms. None keeps whole chains.
+    contact_cutoff:
+        Å; units farther apart than this (closest heavy atoms) are never clustered.
+
+    Returns
+    -------
+    list of ase.Atoms
+        Closed-shell fragments (Å) with info name, subset ``"lipids"``, fragment_kind, unit,
+        members (unit labels ``"<lipid>#<residue index>[ sn-1|sn-2 C<n>]"``), charge (integer e),
+        multiplicity 1, parent_id (:func:`qcell_nb.structures.structure_id` of the frame), frame.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind or unit, or frames without topology arrays.
+    """
+    unknown = [kind for kind in kinds if kind not in FRAGMENT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fragment kind(s) {unknown}; known kinds: {', '.join(FRAGMENT_KINDS)}")
+    if unit not in ("lipid", "acyl"):
+        raise ValueError(f"unknown fragment unit {unit!r}; use 'lipid' or 'acyl'")
+    if max_chain_carbons is not None and max_chain_carbons < 2:
+        raise ValueError(f"max_chain_carbons={max_chain_carbons!r}: need at least 2 (carbonyl + one CH2)")
+    fragments = []
+    for frame_number, frame in enumerate(frames):
+        if "residue_index" not in frame.info:
+            raise ValueError(f"frame {frame_number} ({frame.info.get('name')!r}) has no topology arrays; "
+                             "use frames from sample_bilayer")
+        units = _frame_units(frame, unit, max_chain_carbons)
+        contacts = _unit_contacts(frame, units, contact_cutoff)
+        parent = structure_id(frame)
+        rng = np.random.default_rng([int(seed), frame_number])
+        for kind in kinds:
+            taken: set[frozenset[int]] = set()
+            for start in rng.permutation(len(units)):
+                if len(taken) >= max_per_frame:
+                    break
+                cluster = _grow_cluster(int(start), FRAGMENT_KINDS[kind], contacts, len(units))
+                if cluster is None or frozenset(cluster) in taken:
+                    continue
+                taken.add(frozenset(cluster))
+                fragments.append(_fragment(frame, units, cluster, kind, unit, parent))
+    return fragments
+
+
+@functools.lru_cache(maxsize=None)
+def build_charge(name: str) -> int:
+    """Formal charge (e) of the lipid ``name`` from its SMILES."""
+    return int(Chem.GetFormalCharge(Chem.MolFromSmiles(_lipid_spec(name).smiles)))
+
+
+def radius_of_gyration(atoms: Atoms, mass_weighted: bool = True) -> float:
+    """Radius of gyration (Å) about the centre of mass (``mass_weighted``) or the centroid."""
+    positions = atoms.get_positions()
+    weights = atoms.get_masses() if mass_weighted else np.ones(len(atoms))
+    centre = weights @ positions / weights.sum()
+    return float(np.sqrt(weights @ ((positions - centre) ** 2).sum(axis=1) / weights.sum()))
+
+
+def plot_radius_of_gyration(fragments: Sequence[Atoms], path: str | os.PathLike | None = None, bins: int = 20):
+    """Histogram of the mass-weighted radius of gyration per fragment kind; saved to ``path`` if given.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    by_kind: dict[str, list[float]] = {}
+    for fragment in fragments:
+        by_kind.setdefault(str(fragment.info.get("fragment_kind", "?")), []).append(radius_of_gyration(fragment))
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    values = [v for vs in by_kind.values() for v in vs]
+    edges = np.histogram_bin_edges(values, bins=bins) if values else bins
+    for kind, radii in by_kind.items():
+        axis.hist(radii, bins=edges, alpha=0.6, label=f"{kind} (n={len(radii)})")
+    axis.set_xlabel("radius of gyration (Å, mass-weighted)")
+    axis.set_ylabel("fragments")
+    axis.set_title("lipid fragments")
+    if by_kind:
+        axis.legend()
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=120)
+    return figure
