@@ -38,7 +38,7 @@ MBD-NL (J. Hermann, A. Tkatchenko, Phys. Rev. Lett. 124, 146401 (2020)),
   the ratios (molecule / free atom), R_vdW = 2.5 alpha0_free^(1/7)
   (alpha ratio)^(1/3) (:func:`mbd_nl_parameters`). No self-consistent
   screening; the MBD Hamiltonian uses the "fermi,dip" coupling with a = 6
-  and beta = 0.83 for PBE0 (0.81 for PBE), as libMBD's "mbd-nl".
+  and beta = 0.83 for PBE0 (0.81 for PBE; see :data:`MBD_NL_BETA`).
   Approximations relative to the paper's FHI-aims implementation: Gaussian
   basis sets and PySCF grids instead of numeric atom-centred orbitals; the
   free atoms are spherical, spin-restricted PySCF atoms in the molecule's
@@ -144,7 +144,8 @@ FREE_ATOM_PARAMS: dict[str, tuple[float, float, float]] = {
 #: (``damping_set_params_from_xc``): MBD@rsSCS beta and TS s_R. Note that
 #: PBE0 uses beta = 0.85 (Ambrosetti et al. 2014); 0.83 is the PBE value.
 MBD_RSSCS_BETA: dict[str, float] = {"pbe": 0.83, "pbe0": 0.85, "hse": 0.85}
-#: MBD-NL beta by functional, as libMBD sets it for method "mbd-nl".
+#: MBD-NL beta by functional (libMBD's "mbd-nl" values as we know them: the
+#: same as its MBD@TS betas; the installed pymbd has no MBD-NL to check against).
 MBD_NL_BETA: dict[str, float] = {"pbe": 0.81, "pbe0": 0.83, "hse": 0.83}
 TS_SR: dict[str, float] = {"pbe": 0.94, "pbe0": 0.96, "hse": 0.96, "b3lyp": 0.84}
 
