@@ -72,3 +72,26 @@ def test_rdf_rejects_a_range_beyond_half_the_box():
 def test_settings_name_the_bad_value():
     with pytest.raises(ValueError, match="timestep"):
         MDSettings(timestep=0)
+
+
+def test_same_seed_gives_the_same_frames(sodium_in_water):
+    topology, system, positions, trajectory = sodium_in_water
+    settings = MDSettings(equilibration_steps=50, production_steps=100, report_interval=50, seed=3)
+    again = simulate(topology, system, positions, settings, name="Na+ in water")
+    assert np.array_equal(again.positions, trajectory.positions)
+
+
+def test_virtual_sites_can_be_masked_out():
+    forcefield = app.ForceField("amber14/opc.xml")
+    topology = app.Topology()
+    residue = topology.addResidue("NA", topology.addChain())
+    topology.addAtom("NA", app.Element.getBySymbol("Na"), residue)
+    topology, positions = solvate(topology, np.zeros((1, 3)), forcefield, (14.0,) * 3, neutralize=False,
+                                  water_model="tip4pew")  # four-site box geometry; OPC replaces it
+    system = forcefield.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=0.65 * unit.nanometer,
+                                     constraints=app.HBonds, rigidWater=True)
+    trajectory = simulate(topology, system, positions, MDSettings(equilibration_steps=0, production_steps=20,
+                                                                  report_interval=20, minimisation_iterations=20))
+    real = [atom.element is not None for atom in topology.atoms()]
+    (frame,) = frames_to_atoms(trajectory, atoms_mask=np.array(real))
+    assert len(frame) == sum(real) < topology.getNumAtoms()

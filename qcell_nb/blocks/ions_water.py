@@ -47,21 +47,19 @@ kept whole, so every water in a cluster is intact.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openmm
 from ase import Atoms
 from ase.geometry import find_mic
 from openmm import app, unit
 
-from ..md import MDSettings, Trajectory, first_peak, frames_to_atoms, rdf, simulate, solvate
+from ..md import MDSettings, first_peak, frames_to_atoms, rdf, simulate, solvate
 from ..structures import structure_id
 
 __all__ = [
@@ -170,33 +168,6 @@ def build_ions(names: Iterable[str] | None = None, seed: int = 0) -> list[Atoms]
     return [build_ion(name) for name in selected]
 
 
-def _strip_virtual_sites(trajectory: Trajectory) -> Trajectory:
-    """The trajectory without massless virtual sites (OPC's M site), which have no element."""
-    keep = np.array([atom.element is not None for atom in trajectory.topology.atoms()])
-    modeller = app.Modeller(trajectory.topology, trajectory.positions[0][:, :] * unit.angstrom)
-    modeller.delete([atom for atom in trajectory.topology.atoms() if atom.element is None])
-    return Trajectory(topology=modeller.topology, positions=trajectory.positions[:, keep],
-                      cells=trajectory.cells, potential_energy=trajectory.potential_energy, time=trajectory.time)
-
-
-@contextlib.contextmanager
-def _deterministic_cpu_forces() -> Iterator[None]:
-    """Make OpenMM's CPU platform sum forces in a fixed order while the block runs.
-
-    Without it two runs with the same seed drift apart (0.006 Å after minimisation, about 1 Å
-    after 150 steps), so the frames, and every cluster carved from them, would change from run
-    to run. :func:`qcell_nb.md.simulate` does not set the platform property itself, so its
-    default is switched for the duration and restored afterwards.
-    """
-    platform = openmm.Platform.getPlatformByName("CPU")
-    previous = platform.getPropertyDefaultValue("DeterministicForces")
-    platform.setPropertyDefaultValue("DeterministicForces", "true")
-    try:
-        yield
-    finally:
-        platform.setPropertyDefaultValue("DeterministicForces", previous)
-
-
 def sample_ion_boxes(ions: Sequence[Atoms], box_size: float = 20.0, settings: MDSettings | None = None,
                      seed: int = 0, water_model: str = "opc", cutoff: float = NONBONDED_CUTOFF) -> list[Atoms]:
     """Stage 02: MD of each ion alone in a cubic OPC water box; one :class:`ase.Atoms` per saved frame.
@@ -255,11 +226,11 @@ def sample_ion_boxes(ions: Sequence[Atoms], box_size: float = 20.0, settings: MD
         system = forcefield.createSystem(solvated, nonbondedMethod=app.PME,
                                          nonbondedCutoff=cutoff / 10.0 * unit.nanometer,
                                          constraints=app.HBonds, rigidWater=True)
-        with _deterministic_cpu_forces():
-            trajectory = simulate(solvated, system, positions, replace(settings, seed=seed + index), name=ion.name)
+        trajectory = simulate(solvated, system, positions, replace(settings, seed=seed + index), name=ion.name)
         info = {"name": ion.name, "subset": "ions_water", "charge": ion.charge, "multiplicity": 1,
                 "water_model": model.name, "ion_model": model.ion_model, "parent_id": structure_id(block)}
-        frames.extend(frames_to_atoms(_strip_virtual_sites(trajectory), info))
+        real_atoms = np.array([atom.element is not None for atom in solvated.atoms()])  # drop OPC's M sites
+        frames.extend(frames_to_atoms(trajectory, info, atoms_mask=real_atoms))
     return frames
 
 
