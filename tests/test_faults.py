@@ -170,8 +170,10 @@ def scheduler(tmp_path_factory):
     directory = tmp_path_factory.mktemp("scheduler")
     started: list[subprocess.Popen] = []
     try:
-        process = _launch([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                           "--scheduler-file", str(directory / "scheduler.json")], directory, started)
+        # Dashboard on a free port: `--no-dashboard` still serves one on 8787, which others may hold.
+        process = _launch([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                           "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(directory / "scheduler.json")],
+                          directory, started)
         deadline = time.time() + 90
         while not (directory / "scheduler.json").exists() and time.time() < deadline:
             assert process.poll() is None, (directory / "cluster.log").read_text()

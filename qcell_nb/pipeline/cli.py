@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from .parameters import PROFILES, ParameterError, parse_overrides
 from .runner import EXECUTION_PARAMETERS, find_run, retry_failures, run_pipeline, run_status, stage_failures
