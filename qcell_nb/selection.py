@@ -27,7 +27,7 @@ from rdkit import Chem
 from .blocks.carbohydrates import sugar_residues
 
 __all__ = ["block_dihedral_indices", "dihedral_features", "dihedral_indices", "glycosidic_dihedral_indices",
-           "plot_dihedral_coverage", "plot_glycosidic_coverage", "select_representatives"]
+           "limit_fragments", "plot_dihedral_coverage", "plot_glycosidic_coverage", "select_representatives"]
 
 #: k-means restarts; fixed so a seed fully determines the selection.
 N_INIT = 10
@@ -462,3 +462,29 @@ def plot_glycosidic_coverage(candidates: Sequence[Atoms], selected: Sequence[Ato
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def limit_fragments(fragments: Sequence[Atoms], max_atoms: int | None = None, max_per_subset: int | None = None,
+                    seed: int = 0) -> list[Atoms]:
+    """The fragments that go on to the quantum-chemistry stages.
+
+    Keeps fragments of at most ``max_atoms`` atoms, then at most ``max_per_subset`` of each QCell
+    subset, chosen at random under ``seed`` (``None``: no limit). The input order is kept, so
+    the result is deterministic and reads like the input.
+    """
+    for name, value in (("max_atoms", max_atoms), ("max_per_subset", max_per_subset)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value!r}: must be a positive integer or None")
+    small = [i for i, atoms in enumerate(fragments) if max_atoms is None or len(atoms) <= max_atoms]
+    if max_per_subset is None:
+        return [fragments[i] for i in small]
+    rng = np.random.default_rng(seed)
+    by_subset: dict[str, list[int]] = {}
+    for i in small:
+        by_subset.setdefault(str(fragments[i].info.get("subset", "")), []).append(i)
+    kept = set()
+    for subset in sorted(by_subset):
+        members = by_subset[subset]
+        chosen = members if len(members) <= max_per_subset else rng.choice(members, max_per_subset, replace=False)
+        kept.update(int(i) for i in chosen)
+    return [fragments[i] for i in sorted(kept)]

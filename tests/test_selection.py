@@ -205,3 +205,23 @@ def test_coverage_grid_for_many_blocks(conformers, cellobiose_conformers):
             renamed.append(clone)
     figure = plot_dihedral_coverage(renamed, renamed[:2])
     assert len([ax for ax in figure.axes if ax.axison]) == 9
+
+
+def test_limit_fragments_caps_size_and_count_per_subset():
+    from ase.build import molecule
+
+    from qcell_nb.selection import limit_fragments
+
+    fragments = []
+    for k in range(6):
+        for subset, name in (("dimers", "H2O"), ("carbohydrates", "C6H6")):
+            atoms = molecule(name)
+            atoms.info.update(subset=subset, index=k)
+            fragments.append(atoms)
+    kept = limit_fragments(fragments, max_atoms=5, max_per_subset=4, seed=1)
+    assert {a.info["subset"] for a in kept} == {"dimers"} and len(kept) == 4  # benzene has 12 atoms
+    assert [a.info["index"] for a in kept] == sorted(a.info["index"] for a in kept)
+    assert kept == limit_fragments(fragments, max_atoms=5, max_per_subset=4, seed=1)
+    assert len(limit_fragments(fragments)) == 12
+    with pytest.raises(ValueError, match="max_atoms"):
+        limit_fragments(fragments, max_atoms=0)
