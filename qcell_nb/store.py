@@ -190,9 +190,7 @@ class Dataset:
     # --- failures -------------------------------------------------------
     def record_failure(self, sid: str, name: str, stage: str, error: str) -> None:
         """Append a failed item (its id, name, stage and error text)."""
-        self.failures_path.parent.mkdir(parents=True, exist_ok=True)
-        _append_entries(self.failures_path, [{"sid": sid, "name": name, "stage": stage, "error": error,
-                                              "time": time.time()}])
+        record_failure(self.failures_path, sid, name, stage, error)
         self._failed_ids.add(sid)
 
     def failures(self) -> list[dict[str, Any]]:
@@ -219,6 +217,17 @@ class Dataset:
 def failures_path_of(dataset_path: str | os.PathLike) -> Path:
     """The failure table beside a dataset file: ``dataset.db`` -> ``dataset.failures.jsonl``."""
     return Path(dataset_path).with_suffix(".failures.jsonl")
+
+
+def record_failure(failures_path: str | os.PathLike, sid: str, name: str, stage: str, error: str) -> None:
+    """Append a failed item to a failure table (for stages whose output is not a :class:`Dataset`).
+
+    A stage writing ``structures.db`` records into ``structures.failures.jsonl``
+    (:func:`failures_path_of`), where ``qcell-nb failures`` finds it.
+    """
+    path = Path(failures_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _append_entries(path, [{"sid": sid, "name": name, "stage": stage, "error": error, "time": time.time()}])
 
 
 def read_failures(failures_path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ import pytest
 from ase.build import molecule
 
 from qcell_nb.store import (Dataset, clear_failures, failures_path_of, read_failures, read_structures,
-                            write_structures)
+                            record_failure, write_structures)
 from qcell_nb.structures import multiplicity_of, structure_id
 
 
@@ -98,3 +98,11 @@ def test_failures_can_be_cleared_for_a_retry_and_read_without_a_database(tmp_pat
     assert [f["error"] for f in read_failures(table)] == ["still inconsistent"]
     dataset.record_failure(structure_id(first), "water", "05_reference", "after the crash")
     assert sorted(f["error"] for f in read_failures(table)) == ["after the crash", "still inconsistent"]
+
+
+def test_a_stage_without_a_dataset_records_failures_beside_its_structures(tmp_path):
+    table = failures_path_of(tmp_path / "04" / "structures.db")
+    record_failure(table, structure_id(water()), "water", "04_preoptimisation", "TightBindingError: SCF failed")
+    assert table == tmp_path / "04" / "structures.failures.jsonl"
+    [entry] = read_failures(table)
+    assert entry["stage"] == "04_preoptimisation" and entry["error"] == "TightBindingError: SCF failed"
