@@ -94,11 +94,15 @@ def _gfn2_parameters_without_dispersion() -> dict[str, Any]:
     """tblite's GFN2-xTB parametrisation as a dict, minus its D4 ``dispersion`` section."""
     from tblite import library
 
-    param = library.new_param()
-    library.export_gfn2_param(param)
-    table = library.new_table()
-    library.dump_param(param, table)
-    data = library.table_to_dict(table)
+    try:
+        param = library.new_param()
+        library.export_gfn2_param(param)
+        table = library.new_table()
+        library.dump_param(param, table)
+        data = library.table_to_dict(table)
+    except AttributeError as err:  # older tblite without the parameter-table API
+        raise RuntimeError("GFN2-xTB without D4 (for +MBD) needs tblite's parameter export "
+                           f"(tblite 0.8 has it): {err}") from err
     if "dispersion" not in data:
         raise RuntimeError("tblite's exported GFN2-xTB parameters have no 'dispersion' section to remove")
     return {key: value for key, value in data.items() if key != "dispersion"}
