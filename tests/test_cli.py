@@ -72,6 +72,8 @@ def test_failures_lists_each_failed_item_with_its_error(tmp_path, capsys):
     assert "0 failed item(s)" in capsys.readouterr().out
     [entry] = stage_failures(run_dir)
     assert entry["table"].endswith("05_reference/dataset.failures.jsonl")
+    assert main(["status", "tiny", "--runs-dir", str(tmp_path)]) == 0
+    assert "1 failed item(s): 'qcell-nb failures tiny' lists them" in capsys.readouterr().out
 
 
 def test_failures_and_retry_name_a_missing_run(tmp_path, capsys):

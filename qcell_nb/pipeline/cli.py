@@ -38,6 +38,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         seconds = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
         counts = ", ".join(f"{k}={v}" for k, v in row["counts"].items())
         print(f"{row['stage']:<20} {row['status']:<10} {seconds:>8}  {counts}")
+    failed = stage_failures(run_dir)
+    if failed:
+        print(f"{len(failed)} failed item(s): 'qcell-nb failures {args.run}' lists them, "
+              f"'qcell-nb retry {args.run} --stage STAGE' recomputes them")
     return 0
 
 
