@@ -215,3 +215,21 @@ def test_preoptimise_passes_method_and_mbd():
     assert failures == {}
     assert [f.info["tb_method"] for f in frames] == ["GFN2-xTB(-D4)+MBD@rsSCS"] * 2
     assert all(f.info["converged"] for f in frames)
+
+
+def test_fixed_subsets_get_a_single_point_not_an_optimisation():
+    from ase.build import molecule
+
+    from qcell_nb.preoptimisation import preoptimise
+
+    scan_point = molecule("H2O") + molecule("H2O")
+    scan_point.positions[3:] += [3.5, 0, 0]
+    scan_point.info.update(subset="dimers", name="water...water")
+    strained = molecule("H2O")
+    strained.positions[1] *= 1.1
+    strained.info.update(subset="ions_water", name="water")
+    frames, failures = preoptimise([scan_point, strained], steps=50, keep_frames=1, fixed_subsets=["dimers"],
+                                   progress=False)
+    assert not failures and [f.info["name"] for f in frames] == ["water...water", "water"]
+    assert np.allclose(frames[0].positions, scan_point.positions) and "xtb_energy" in frames[0].info
+    assert not np.allclose(frames[1].positions, strained.positions)
