@@ -239,7 +239,8 @@ def kill_worker(cluster: LoopbackCluster, inspector: Client, address: str) -> in
 # --- tests ------------------------------------------------------------------
 
 def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(cluster, tmp_path):
-    structures = rattled_molecules(10)
+    # Enough items that work is left when the (possibly starved) driver gets its second result.
+    structures = rattled_molecules(12)
     dataset = Dataset(tmp_path / "dataset.db")
     held: dict[str, Any] = {}
 
@@ -275,7 +276,7 @@ def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(cluster, tmp_pat
 
 
 def test_a_worker_death_the_scheduler_may_not_retry_is_recorded_and_retried(cluster, tmp_path):
-    structures = rattled_molecules(6)
+    structures = rattled_molecules(10)
     dataset = Dataset(tmp_path / "dataset.db")
     killed: list[int] = []
 
