@@ -40,11 +40,10 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_masses, atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 from rdkit import Chem
 from rdkit.Chem import AllChem
-from rdkit.ForceField import rdForceField  # noqa: F401 - registers MMFF constraint methods
 
 from ..structures import structure_id
 from .carbohydrates import mol_with_hydrogens, molecule_from_smiles
@@ -720,7 +719,7 @@ def _unit_contacts(frame: Atoms, units: list[_Unit], cutoff: float) -> dict[tupl
     return contacts
 
 
-def _grow_cluster(start: int, size: int, contacts, n_units: int) -> dict[int, np.ndarray] | None:
+def _grow_cluster(start: int, size: int, contacts) -> dict[int, np.ndarray] | None:
     """Greedy proximity cluster: add the unit closest to any member until ``size``; None if none is near."""
     cluster = {start: np.zeros(3, dtype=int)}
     while len(cluster) < size:
@@ -824,7 +823,7 @@ def select_fragments(frames: Sequence[Atoms], kinds: Sequence[str] = tuple(FRAGM
             for start in rng.permutation(len(units)):
                 if len(taken) >= max_per_frame:
                     break
-                cluster = _grow_cluster(int(start), FRAGMENT_KINDS[kind], contacts, len(units))
+                cluster = _grow_cluster(int(start), FRAGMENT_KINDS[kind], contacts)
                 if cluster is None or frozenset(cluster) in taken:
                     continue
                 taken.add(frozenset(cluster))
