@@ -138,7 +138,7 @@ def plot_backbone_checks(structures: Sequence[Atoms], path: str | None = None, f
     colours = {"A": "tab:blue", "B": "tab:orange", "Z": "tab:green"}
     for form, (distances, angles) in sorted(by_form.items()):
         colour = colours.get(form, "tab:gray")
-        label = "RNA/A" if form == "A" else form
+        label = f"{form}-form"
         ax_pp.hist(distances, bins=30, alpha=0.5, color=colour, label=f"{label} ({len(distances)})")
         if angles:
             ax_bend.hist(angles, bins=30, alpha=0.5, color=colour, label=f"{label} ({len(angles)})")

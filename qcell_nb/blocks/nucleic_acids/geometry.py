@@ -15,9 +15,10 @@ structure files are read):
   (pseudorotation phase P, amplitude 38 degrees) imposed as MMFF94 torsion
   constraints, then superposed onto its standard base frame.
 * Base pairs are stacked with the form's base-pair step parameters (shift,
-  slide, rise, tilt, roll, twist; Z-DNA alternates two steps); each template
-  follows its base. The backbone is then nearly but not exactly closed
-  (O3'-P gaps of a few tenths of an Angstrom); a short restrained force-field
+  slide, rise, tilt, roll, twist) for A and B; the Z-DNA steps (a left-handed
+  dinucleotide repeat) are fitted to its ZI backbone, see :func:`step_transform`.
+  Each template follows its base. The backbone is then nearly but not exactly
+  closed (O3'-P gaps up to about 1 A for A/B); a short restrained force-field
   minimisation (see :mod:`.build`) closes it.
 """
 
@@ -30,7 +31,6 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolTransforms
 from rdkit.Chem import rdForceFieldHelpers as ffh
-from rdkit.ForceField import rdForceField  # noqa: F401 - registers the force-field classes
 
 # --- standard bases (Olson et al. 2001, Table 1), x y z in Angstrom -----------------
 STANDARD_BASES: dict[str, dict[str, tuple[float, float, float]]] = {
