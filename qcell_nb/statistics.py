@@ -23,12 +23,22 @@ def overview_table(structures: Sequence[Atoms]) -> list[dict]:
 
 
 def print_table(rows: Sequence[dict]) -> None:
-    """Print a list of same-keyed dicts as an aligned text table."""
+    """Print a list of dicts as an aligned text table (columns: every key, in order of appearance)."""
     if not rows:
         print("(empty)")
         return
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    text = [{k: _format(row.get(k)) for k in keys} for row in rows]
+    widths = {k: max(len(k), *(len(r[k]) for r in text)) for k in keys}
     print("  ".join(k.ljust(widths[k]) for k in keys))
-    for row in rows:
-        print("  ".join(str(row[k]).ljust(widths[k]) for k in keys))
+    for row in text:
+        print("  ".join(row[k].ljust(widths[k]) for k in keys))
+
+
+def _format(value) -> str:
+    """Floats to four significant digits (3.4300000000000002 -> 3.43); None as blank."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
