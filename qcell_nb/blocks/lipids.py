@@ -5,8 +5,9 @@ Stages 01-03 for the ``lipids`` subset:
 1. :func:`build_lipids` - POPC, POPE, POPG, POPS and cholesterol from isomeric SMILES, each atom
    named after the force-field residue template (graph isomorphism), in an extended, membrane-like
    conformation (head up along +z).
-2. :func:`assemble_bilayer` (packmol) and :func:`sample_bilayer` (OpenMM, NPT with the membrane
-   barostat) - frames of a small hydrated, neutralised bilayer patch.
+2. :func:`assemble_bilayer` (seeded lattice placement of the rigid stage-01 conformers, water and
+   Na+ counter-ions) and :func:`sample_bilayer` (OpenMM through :mod:`qcell_nb.md`, NPT with the
+   membrane barostat by default) - frames of a small hydrated, neutralised bilayer patch.
 3. :func:`select_fragments` - monomers, dimers and trimers of lipid units chosen by geometric
    proximity; a unit is a whole lipid molecule (``unit="lipid"``, the paper's 125-400 atom
    fragments) or one acyl chain cut at its ester oxygen and capped into a fatty acid
@@ -409,15 +410,11 @@ def _rotation_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def _closest_distance(points: np.ndarray, placed: list[np.ndarray], box: np.ndarray) -> float:
-    """Shortest distance (Å) from ``points`` to the already placed atoms, periodic in x and y."""
-    if not placed:
+def _closest_distance(points: np.ndarray, placed, lateral: np.ndarray) -> float:
+    """Shortest distance (Å) from ``points`` to the atoms in the cKDTree ``placed`` (periodic in x, y)."""
+    if placed is None:
         return np.inf
-    from scipy.spatial import cKDTree
-    others = np.concatenate(placed)
-    lateral = np.array([box[0], box[1], 1.0e6])
-    tree = cKDTree(np.mod(others, lateral), boxsize=lateral)
-    return float(tree.query(np.mod(points, lateral))[0].min())
+    return float(placed.query(np.mod(points, lateral))[0].min())
 
 
 def assemble_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: Mapping[str, float] | None = None,
@@ -490,6 +487,8 @@ def assemble_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: M
     box = np.array([lateral[0], lateral[1], 2 * core + slab])
     centre = box[2] / 2
 
+    from scipy.spatial import cKDTree
+    lateral_period = np.array([box[0], box[1], 1.0e6])  # periodic in x and y only
     placed: list[np.ndarray] = []
     molecules: list[tuple[str, np.ndarray]] = []
     for leaflet in (1, -1):
@@ -507,16 +506,17 @@ def assemble_bilayer(lipids: Sequence[Atoms], n_per_leaflet: int, composition: M
             site_xyz = np.array([(site % nx + 0.5) * box[0] / nx, (site // nx + 0.5) * box[1] / ny,
                                  centre + 1.5 * leaflet])
             best, best_gap = None, -np.inf
+            tree = cKDTree(np.mod(np.concatenate(placed), lateral_period), boxsize=lateral_period) \
+                if placed else None
             for angle in rng.uniform(0.0, 2 * np.pi, _PLACEMENT_TRIALS):
                 trial = xyz @ _rotation_z(angle).T + site_xyz
-                gap = _closest_distance(trial, placed, box)
+                gap = _closest_distance(trial, tree, lateral_period)
                 if gap > best_gap:
                     best, best_gap = trial, gap
             placed.append(best)
             molecules.append((name, best))
 
     # Water on a cubic lattice outside the hydrophobic core, away from every lipid atom.
-    from scipy.spatial import cKDTree
     step = _WATER_VOLUME ** (1.0 / 3.0)
     grid = [np.arange(0.5 * step, edge - 0.5 * step + 1e-9, step) for edge in box]
     sites = np.stack(np.meshgrid(*grid, indexing="ij"), axis=-1).reshape(-1, 3)
