@@ -84,7 +84,7 @@ class LipidSpec:
         residue: the Lipid21 residue template the molecule maps onto.
         head: template atom name of the head-group anchor (kept at the water side).
         tails: template atom names of the chain ends (kept at the bilayer centre).
-        area: Å^2 per molecule in one leaflet, for sizing the packmol box.
+        area: Å^2 per molecule in one leaflet, for sizing the leaflet grid.
     """
 
     smiles: str
@@ -250,7 +250,7 @@ def _extend(mol: Chem.Mol, names: list[str], spec: LipidSpec, label: str, seed: 
     head group) are searched over staggered values (60, 180, 300 deg; seeded random trials) for the
     shape with the chain ends together and far from the head anchor and no heavy-atom clash.
     A short MMFF94 relaxation with the chain torsions held anti tidies the result. A slim rigid
-    body is what packmol can stand up in a leaflet.
+    body is what can stand up in a leaflet.
     """
     from rdkit.Chem import rdMolTransforms
     index = {atom_name: i for i, atom_name in enumerate(names)}
