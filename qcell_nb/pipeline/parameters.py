@@ -23,22 +23,68 @@ RUN_PARAMETERS = ("run_dir", "seed")
 #: Profiles: stage name -> parameter overrides. ``smoke`` is the notebooks' own defaults.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {},
+    # Hundreds of fragments of every class; hours on a workstation, mostly in stage 05.
     "demo": {
-        "01_building_blocks": {"monosaccharides": "all"},
-        "02_sampling": {"n_embed": 60, "max_conformers": 20},
-        "03_selection": {"n_per_block": 8},
-        "04_preoptimisation": {"keep_frames": 4},
+        "01_building_blocks": {
+            "monosaccharides": "all",
+            "disaccharides": ["maltose", "cellobiose", "lactose", "sucrose", "trehalose", "isomaltose",
+                              "laminaribiose"],
+            "glycopeptides": ["GlcNAc-beta-Asn", "GalNAc-alpha-Ser"],
+            "dna_sequences": ["GCGATCG", "CGCGCGC", "ATGCATG"], "dna_forms": ["A", "B", "Z"],
+            "rna_sequences": ["GCAUGCA"], "lipids": "all", "ions": "all", "dimer_monomers": "all",
+        },
+        "02_sampling": {
+            "n_embed": 60, "max_conformers": 20, "md_minimisation_iterations": 1000,
+            "dna_equilibration_steps": 2000, "dna_production_steps": 20000, "dna_report_interval": 1000,
+            "dna_box_padding": 10.0,
+            "lipid_n_per_leaflet": 16, "lipid_water_per_lipid": 30, "lipid_pressure": 1.0,
+            "lipid_composition": {"POPC": 0.4, "POPE": 0.2, "POPG": 0.1, "POPS": 0.1, "cholesterol": 0.2},
+            "lipid_equilibration_steps": 2000, "lipid_production_steps": 20000, "lipid_report_interval": 1000,
+            "ion_box_size": 21.0, "ion_pressure": 1.0, "ion_equilibration_steps": 2500,
+            "ion_production_steps": 10000, "ion_report_interval": 500,
+            "n_random_dimer_pairs": 20,
+        },
+        "03_selection": {
+            "n_per_block": 4, "dna_fragment_kinds": ["trimer", "wc_pair", "stacked_pair", "rna_trimer"],
+            "dna_max_per_frame": 2, "lipid_fragment_kinds": ["monomer", "dimer", "trimer"], "lipid_max_per_frame": 2,
+            "lipid_unit": "lipid", "lipid_max_chain_carbons": None, "ion_cluster_sizes": [1, 2, 3, 4, 6, 8],
+            "ion_max_per_frame": 2, "dimer_scan_factors": [0.8, 0.9, 1.0, 1.2, 1.4, 1.7, 2.0],
+            "max_atoms": 80, "max_per_subset": 120,
+        },
+        "04_preoptimisation": {"keep_frames": 4, "mbd": True},
         "05_reference": {"basis": "def2-svp", "grid_level": 3},
-        "06_training": {"epochs": 300, "features": 64, "num_iterations": 3, "batch_size": 16},
+        "06_training": {"epochs": 300, "batch_size": 16},
     },
+    # The QCell recipe: full libraries, long MD, all fragment sizes, def2-TZVP-class labels.
     "paper": {
-        "01_building_blocks": {"monosaccharides": "all"},
-        "02_sampling": {"n_embed": 300, "max_conformers": 100},
-        "03_selection": {"n_per_block": 40},
-        "04_preoptimisation": {"keep_frames": 5, "fmax": 0.01},
+        "01_building_blocks": {
+            "monosaccharides": "all", "disaccharides": "all", "glycopeptides": "all",
+            "dna_sequences": ["GCGATCG", "CGCGCGC", "ATGCATG", "GGATCCA", "TTAGCTA", "CACGTGC"],
+            "dna_forms": ["A", "B", "Z"], "rna_sequences": ["GCAUGCA", "UUCGAAG"],
+            "lipids": "all", "ions": "all", "dimer_monomers": "all",
+        },
+        "02_sampling": {
+            "n_embed": 300, "max_conformers": 100, "md_minimisation_iterations": 0,
+            "dna_equilibration_steps": 50000, "dna_production_steps": 500000, "dna_report_interval": 5000,
+            "dna_box_padding": 12.0,
+            "lipid_n_per_leaflet": 64, "lipid_water_per_lipid": 35, "lipid_pressure": 1.0,
+            "lipid_composition": {"POPC": 0.4, "POPE": 0.2, "POPG": 0.1, "POPS": 0.1, "cholesterol": 0.2},
+            "lipid_equilibration_steps": 50000, "lipid_production_steps": 500000, "lipid_report_interval": 5000,
+            "ion_box_size": 24.0, "ion_pressure": 1.0, "ion_equilibration_steps": 50000,
+            "ion_production_steps": 1000000, "ion_report_interval": 1000,
+            "n_random_dimer_pairs": 780, "dimer_orientations": 8,
+        },
+        "03_selection": {
+            "n_per_block": 40, "dna_fragment_kinds": ["trimer", "wc_pair", "stacked_pair", "rna_trimer"],
+            "dna_max_per_frame": 4, "lipid_fragment_kinds": ["monomer", "dimer", "trimer"], "lipid_max_per_frame": 5,
+            "lipid_unit": "lipid", "lipid_max_chain_carbons": None,
+            "ion_cluster_sizes": [1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 100], "ion_max_per_frame": 5,
+            "dimer_scan_factors": [0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0],
+            "max_atoms": None, "max_per_subset": None,
+        },
+        "04_preoptimisation": {"keep_frames": 5, "fmax": 0.01, "mbd": True, "method": "auto"},
         "05_reference": {"basis": "def2-tzvp", "grid_level": 4, "conv_tol": 1e-10},
-        "06_training": {"epochs": 2000, "features": 128, "num_iterations": 3, "max_degree": 4,
-                        "batch_size": 32},
+        "06_training": {"epochs": 2000, "batch_size": 32},
     },
 }
 
@@ -67,7 +113,8 @@ def declared_parameters(stage: Stage, notebooks_dir: str | os.PathLike) -> dict[
 
 
 def _type_ok(default: Any, value: Any) -> bool:
-    if default is None:
+    # None is every parameter's "off" (no size limit, NVT instead of a pressure, ...).
+    if default is None or value is None:
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)
