@@ -48,7 +48,7 @@ from ase.neighborlist import NeighborList, natural_cutoffs
 from scipy.sparse.csgraph import connected_components
 
 from .calculators.qmmm import label_embedded, tip3p_charges
-from .structures import charge_of, multiplicity_of, structure_id
+from .structures import charge_of, structure_id
 
 #: Atomic number of an MM site (the model's MM pseudo-element).
 MM_NUMBER = 0
@@ -184,6 +184,18 @@ def _placed(frame: Atoms, molecule: np.ndarray, reference_atoms: np.ndarray,
     return reference_positions[nearest] + to_first[nearest] + within
 
 
+def _qm_charge(frame: Atoms, qm_atoms: np.ndarray) -> int:
+    """The frame's charge when all non-water atoms are QM; otherwise the caller must say."""
+    in_qm = np.zeros(len(frame), bool)
+    in_qm[qm_atoms] = True
+    outside = [m for m in molecules_of(frame) if not _is_water(frame, m) and not in_qm[m].all()]
+    if outside:
+        raise ValueError(f"frame {frame.info.get('name', frame.get_chemical_formula())!r}: non-water atoms "
+                         f"{np.concatenate(outside)[:10].tolist()} are outside the QM region, so its charge is "
+                         "not the frame's; pass charge=")
+    return charge_of(frame)
+
+
 def carve_mlmm(frame: Atoms, n_qm_waters: int = 2, mm_radius: float = 6.0, *,
                core: Sequence[int] | None = None, charges: Sequence[float] | None = None,
                charge: int | None = None, multiplicity: int | None = None) -> Atoms:
@@ -197,13 +209,15 @@ def carve_mlmm(frame: Atoms, n_qm_waters: int = 2, mm_radius: float = 6.0, *,
         core: QM core atom indices (default: all non-water atoms, e.g. the ion).
         charges: (len(frame),) e, charges of the frame's atoms for MM molecules; default TIP3P
             for waters (any other MM molecule then raises).
-        charge, multiplicity: of the QM region; default ``frame.info`` (the ion's charge for the
-            ion-water frames, whose waters are neutral) and 1.
+        charge, multiplicity: of the QM region; default 1 for the multiplicity and, for the
+            charge, ``frame.info["charge"]`` when the QM region holds every non-water atom (waters
+            are neutral, so the frame's charge is the QM region's: the ion-water frames).
 
     Returns:
         :class:`ase.Atoms`, no cell, QM atoms first then MM sites (Z = 0, ``O H H`` per water),
         centred on the QM centre of mass. ``arrays["mm_charges"]`` (n,) e, zero on QM atoms.
-        ``info``: name ``"<core>(H2O)<k>+MM<m>"`` (m MM molecules), subset (the frame's, default
+        ``info``: name ``"<core>(H2O)<k>+MM<m>"`` (m MM molecules; the core is the frame's
+        name, or its formula when ``core`` is given), subset (the frame's, default
         ``"ions_water"``), charge, multiplicity, parent_id (the frame's structure id), n_qm,
         n_mm (sites), n_qm_waters, n_mm_molecules, mm_radius, mm_charges (list, as the array),
         mm_elements (list of the MM sites' element symbols), frame/time_ps when the frame has them.
@@ -223,6 +237,7 @@ def carve_mlmm(frame: Atoms, n_qm_waters: int = 2, mm_radius: float = 6.0, *,
             raise ValueError(f"charges: expected one per atom of {name!r} ({len(frame)}), got {charges.shape}")
     qm_ordered = qm_molecules(frame, n_qm_waters, core)
     qm_atoms = np.concatenate(qm_ordered)
+    qm_charge = int(_qm_charge(frame, qm_atoms) if charge is None else charge)
     in_qm = np.zeros(len(frame), bool)
     in_qm[qm_atoms] = True
     others = [m for m in molecules_of(frame) if not in_qm[m].any()]
@@ -258,16 +273,15 @@ def carve_mlmm(frame: Atoms, n_qm_waters: int = 2, mm_radius: float = 6.0, *,
     structure.positions -= structure[:n_qm].get_center_of_mass()
     site_charges = np.concatenate([np.zeros(n_qm), *mm_charges_list])
     structure.arrays["mm_charges"] = site_charges
-    core_molecules = [m for m in qm_ordered if not _is_water(frame, m)]
-    qm_waters = len(qm_ordered) - len(core_molecules)
-    core_numbers = frame.numbers[np.concatenate(core_molecules) if core_molecules else qm_ordered[0]]
-    core_name = str(frame.info.get("name", Atoms(numbers=core_numbers).get_chemical_formula()))
+    n_core = len(qm_ordered) - n_qm_waters
+    core_formula = Atoms(numbers=frame.numbers[np.concatenate(qm_ordered[:n_core])]).get_chemical_formula()
+    core_name = str(frame.info.get("name", core_formula)) if core is None else core_formula
     structure.info.update(
-        name=f"{core_name}(H2O){qm_waters}+MM{len(mm_molecules)}",
+        name=f"{core_name}(H2O){n_qm_waters}+MM{len(mm_molecules)}",
         subset=str(frame.info.get("subset", "ions_water")),
-        charge=int(frame.info.get("charge", 0) if charge is None else charge),
+        charge=qm_charge,
         multiplicity=int(1 if multiplicity is None else multiplicity),
-        parent_id=structure_id(frame), n_qm=n_qm, n_mm=n_mm, n_qm_waters=qm_waters,
+        parent_id=structure_id(frame), n_qm=n_qm, n_mm=n_mm, n_qm_waters=int(n_qm_waters),
         n_mm_molecules=len(mm_molecules), mm_radius=float(mm_radius),
         mm_charges=site_charges.tolist(), mm_elements=mm_symbols,
     )
