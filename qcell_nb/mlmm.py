@@ -378,6 +378,42 @@ def label_mlmm(structure: Atoms, **calc_params: Any) -> Atoms:
     return labelled
 
 
+def label_mlmm_missing(structures: Sequence[Atoms], dataset: Any, *, stage: str = "05_mlmm",
+                       executor: str = "serial", n_workers: int | None = None, retries: int = 1,
+                       progress: bool = True, **calc_params: Any) -> Any:
+    """Stage 05 for ML/MM structures: label those not yet in ``dataset`` and write them as they finish.
+
+    Like :func:`qcell_nb.reference.label_missing` (resumable by structure id, failures recorded
+    in the dataset's failure table, any executor of :func:`qcell_nb.compute.map_items`), with
+    :func:`label_mlmm` as the engine. Rows keep the MM charges in their data (read them back
+    with :func:`restore_mm_charges`); the dataset metadata records the level of theory and the
+    energy definition. Returns the :class:`~qcell_nb.compute.MapSummary`.
+    """
+    from .calculators.pbe0 import level_of_theory, resolve_parameters
+    from .compute import map_items
+
+    resolve_parameters(dict(calc_params), n_atoms=0)  # a typo fails here, not once per structure
+    dataset.update_metadata(
+        level_of_theory=level_of_theory(**calc_params), calculator_parameters=calc_params,
+        embedding="ML/MM: MM sites Z=0 with TIP3P point charges (info mm_charges); energy = QM in the field of "
+                  "the charges without MM-MM Coulomb; forces on QM atoms and on the charges",
+        units={"energy": "eV", "forces": "eV/Å", "dipole": "e·Å", "charges": "e"})
+    by_id = {structure_id(atoms): atoms for atoms in structures}
+    done = dataset.done_ids()
+    todo = [sid for sid in by_id if sid not in done]
+
+    def store(sid: str, labelled: Atoms) -> None:
+        results = dict(labelled.calc.results)
+        dataset.add(labelled, results, key_value_pairs={"stage": stage}, sid=sid)
+
+    def fail(sid: str, error: str) -> None:
+        dataset.record_failure(sid, str(by_id[sid].info.get("name", "")), stage, error)
+
+    return map_items(label_mlmm, [by_id[sid] for sid in todo], todo, on_result=store, on_failure=fail,
+                     executor=executor, n_workers=n_workers, retries=retries, progress=progress,
+                     description="ML/MM labels", **calc_params)
+
+
 # --------------------------------------------------------------------------
 # model predictions
 # --------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from scipy.spatial.distance import pdist
 from qcell_nb.blocks.ions_water import carve_cluster
 from qcell_nb.calculators.qmmm import TIP3P_CHARGES
 from qcell_nb.md import atoms_from_topology, solvate
-from qcell_nb.mlmm import (carve_mlmm, label_mlmm, mlmm_forces, molecules_of, qm_region_indices, restore_mm_charges,
-                           split_qm_mm)
-from qcell_nb.store import read_structures, write_structures
+from qcell_nb.mlmm import (carve_mlmm, label_mlmm, label_mlmm_missing, mlmm_forces, molecules_of, qm_region_indices,
+                           restore_mm_charges, split_qm_mm)
+from qcell_nb.store import Dataset, read_structures, write_structures
+from qcell_nb.structures import structure_id
 
 FAST = dict(basis="sto-3g", mbd=None, grid_level=1)
 
@@ -117,11 +118,21 @@ def test_labels_forces_on_mm_charges_are_energy_gradients(frame):
 
 
 @pytest.fixture(scope="module")
-def labelled_set(frame) -> list[Atoms]:
-    """QM waters away from the ion (in TIP3P waters) and Na+ with 0 or 1 QM water."""
+def labelled_set(frame, tmp_path_factory) -> list[Atoms]:
+    """QM waters away from the ion (in TIP3P waters) and Na+ with 0 or 1 QM water, through a dataset."""
     structures = [carve_mlmm(frame, 0, 3.0, core=[int(m[0])], charge=0) for m in far_waters(frame)[:4]]
     structures += [carve_mlmm(frame, n, 3.0) for n in (0, 1)]
-    return [label_mlmm(s, **FAST) for s in structures]
+    dataset = Dataset(tmp_path_factory.mktemp("mlmm") / "mlmm.db")
+    summary = label_mlmm_missing(structures, dataset, progress=False, **FAST)
+    assert summary.succeeded == 6 and not summary.failed
+    assert label_mlmm_missing(structures, dataset, progress=False, **FAST).submitted == 0  # resumable
+    assert dataset.metadata["level_of_theory"] == "PBE0/sto-3g (PySCF DF)"
+    rows = {structure_id(a): a for a in dataset.structures()}
+    labelled = [restore_mm_charges(rows[structure_id(s)]) for s in structures]
+    for row, structure in zip(labelled, structures):
+        np.testing.assert_array_equal(row.arrays["mm_charges"], structure.arrays["mm_charges"])
+        assert row.get_forces().shape == (len(structure), 3) and len(row.info["hirsh_ratios"]) == len(structure)
+    return labelled
 
 
 def test_tiny_mlmm_model_gives_qm_and_mm_forces_and_feels_the_charges(labelled_set, tmp_path):

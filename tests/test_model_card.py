@@ -105,12 +105,14 @@ def test_export_round_trips_and_guards_the_parameters(trained, tmp_path):
     archive = export_model(trained["model_dir"], tmp_path / "water.zip")
     assert sorted(zipfile.ZipFile(archive).namelist()) == sorted(
         ["model.json", "params.msgpack", CARD_JSON, CARD_MARKDOWN])
-    waters = trained["structures"][:3]
-    reference = predict(trained["result"], waters, batch_size=3)[0]
+    # the test waters at the evaluation's batch shape: no new compilation
+    waters = [trained["structures"][i] for i in trained["split"]["test"]]
+    reference = predict(trained["result"], waters, batch_size=len(waters))[0]
     # unpacked by hand and read by load_model, or through import_model
     zipfile.ZipFile(archive).extractall(tmp_path / "unzipped")
-    np.testing.assert_allclose(predict(load_model(tmp_path / "unzipped"), waters, batch_size=3)[0], reference)
-    np.testing.assert_allclose(predict(import_model(archive, tmp_path / "imported"), waters, batch_size=3)[0],
+    n = len(waters)
+    np.testing.assert_allclose(predict(load_model(tmp_path / "unzipped"), waters, batch_size=n)[0], reference)
+    np.testing.assert_allclose(predict(import_model(archive, tmp_path / "imported"), waters, batch_size=n)[0],
                                reference)
     assert read_model_card(tmp_path / "imported")["dataset"]["digest"] == _database_digest(trained["dataset"])
     # parameters that no longer match their card are refused
