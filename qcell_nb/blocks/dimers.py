@@ -45,6 +45,7 @@ __all__ = [
     "distance_scans",
     "pair_orientations",
     "generate_dimers",
+    "closest_intermolecular_distance",
     "plot_distance_coverage",
     "random_pairs",
 ]
@@ -336,7 +337,7 @@ def plot_distance_coverage(dimers: Sequence[Atoms], path=None):
     """
     import matplotlib.pyplot as plt
 
-    closest = [_closest_intermolecular(dimer) for dimer in dimers]
+    closest = [closest_intermolecular_distance(dimer) for dimer in dimers]
     factors = [float(dimer.info.get("scan_factor", np.nan)) for dimer in dimers]
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.0, 3.0))
     left.hist(closest, bins=30)
@@ -351,7 +352,8 @@ def plot_distance_coverage(dimers: Sequence[Atoms], path=None):
     return fig
 
 
-def _closest_intermolecular(dimer: Atoms) -> float:
+def closest_intermolecular_distance(dimer: Atoms) -> float:
+    """Shortest distance (Å) between an atom of monomer A and one of monomer B."""
     n_a = int(dimer.info["n_atoms_a"])
     offsets = dimer.positions[n_a:][None, :, :] - dimer.positions[:n_a][:, None, :]
     return float(np.linalg.norm(offsets, axis=2).min())
