@@ -218,8 +218,7 @@ def write_model_card(model_dir: str | os.PathLike, dataset_path: str | os.PathLi
         "name": name or Path(model_dir).name,
         "created": now(),
         "model": {
-            "architecture": "SO3LR-style e3x force field (SO3krates layers + ZBL repulsion, electrostatics, "
-                            "dispersion)",
+            "architecture": _architecture(model.config),
             "size": config.get("size"),
             "config": model.config.to_dict(),
             "n_parameters": n_parameters,
@@ -253,6 +252,13 @@ def write_model_card(model_dir: str | os.PathLike, dataset_path: str | os.PathLi
     os.replace(tmp, json_path)
     (directory / CARD_MARKDOWN).write_text(render_markdown(card))
     return json_path
+
+
+def _architecture(config: Any) -> str:
+    """One line naming the network and the physical terms that are switched on."""
+    terms = [name for name, on in (("ZBL repulsion", config.repulsion), ("electrostatics", config.electrostatics),
+                                   ("dispersion", config.dispersion)) if on]
+    return "SO3LR-style e3x force field: SO3krates layers" + "".join(f" + {t}" for t in terms)
 
 
 def _leaves(tree: Any) -> list[Any]:
@@ -296,7 +302,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         + ".", "",
         _table([(k, v) for k, v in arch.items()], ("setting", "value")), "",
         f"Trained {model['epochs_trained']} epochs, best epoch {model['best_epoch']}, "
-        f"training time {training['training_time_s'] if training['training_time_s'] is not None else '–'} s.", "",
+        "training time " + (f"{training['training_time_s']:.1f} s (wall clock, JIT compilation included)"
+                            if training["training_time_s"] is not None else "not recorded") + ".", "",
         "Loss weights: " + ", ".join(f"{k} {v:g}" for k, v in training["loss_weights"].items()) + ".", "",
         "Training settings: " + (", ".join(f"`{k}={v}`" for k, v in training["settings"].items()) or "–") + ".", "",
         "## Data", "",
