@@ -158,3 +158,11 @@ def test_run_stage_retry_needs_a_matching_fingerprint(tmp_path):
 
     with pytest.raises(RuntimeError, match="has not run"):
         run_stage(get_stage("05"), run_dir, {}, default_notebooks_dir(), seed=0, retry=True)
+
+
+def test_report_and_export_commands_name_a_missing_run(tmp_path, capsys):
+    from qcell_nb.pipeline.cli import main
+
+    assert main(["report", "nowhere", "--runs-dir", str(tmp_path)]) == 2
+    assert main(["export", "nowhere", "--format", "mace", "--runs-dir", str(tmp_path)]) == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -80,6 +80,42 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..validation.report import write_report
+
+    try:
+        report = write_report(find_run(args.run, args.runs_dir))
+    except FileNotFoundError as exc:
+        print(f"qcell-nb: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report written: {report}")
+    return 0
+
+
+#: Export format -> (exporter name in qcell_nb.export, default file name).
+EXPORT_FORMATS = {"mace": ("export_mace_extxyz", "dataset_mace.extxyz"),
+                  "so3lr": ("export_so3lr_extxyz", "dataset_so3lr.extxyz"),
+                  "spice": ("export_spice_hdf5", "dataset_spice.hdf5")}
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .. import export
+
+    try:
+        run_dir = find_run(args.run, args.runs_dir)
+        dataset = run_dir / "05_reference" / "dataset.db"
+        if not dataset.exists():
+            raise FileNotFoundError(f"{dataset} does not exist: run stage 05 first")
+        function, default_name = EXPORT_FORMATS[args.format]
+        target = args.out or str(run_dir / "05_reference" / default_name)
+        getattr(export, function)(dataset, target)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"qcell-nb: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.format} export written: {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qcell-nb", description="Run and inspect the QCell notebook pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--notebooks", help="notebook directory (default: the repository's notebooks/)")
     retry.add_argument("-v", "--verbose", action="store_true", help="stream notebook output")
     retry.set_defaults(func=_cmd_retry)
+    report = sub.add_parser("report", help="write report.md (tables, figures) and the validation notebook as HTML")
+    report.add_argument("run", help="run name or path")
+    report.add_argument("--runs-dir")
+    report.set_defaults(func=_cmd_report)
+    exporter = sub.add_parser("export", help="export the labelled dataset for MACE, SO3LR or in SPICE's HDF5 layout")
+    exporter.add_argument("run", help="run name or path")
+    exporter.add_argument("--format", choices=sorted(EXPORT_FORMATS), required=True)
+    exporter.add_argument("--out", help="output file (default: beside the dataset in 05_reference/)")
+    exporter.add_argument("--runs-dir")
+    exporter.set_defaults(func=_cmd_export)
     return parser
 
 
