@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 

@@ -281,6 +281,9 @@ class Sample:
 def mm_charges_of(atoms: Atoms, index: int | None = None) -> np.ndarray:
     """Per-atom MM charges (n,) e from ``atoms.arrays["mm_charges"]`` (zeros if absent).
 
+    Falls back to ``atoms.info["mm_charges"]``, where a structure read back from the dataset
+    carries them (ASE databases keep no custom per-atom arrays).
+
     Raises
     ------
     ValueError
@@ -289,6 +292,8 @@ def mm_charges_of(atoms: Atoms, index: int | None = None) -> np.ndarray:
     where = f"structure {index}" if index is not None else "structure"
     mm = atoms.numbers == 0
     charges = atoms.arrays.get("mm_charges")
+    if charges is None:
+        charges = atoms.info.get("mm_charges")
     if charges is None:
         if mm.any():
             raise ValueError(f"{where} has {int(mm.sum())} MM atoms (Z=0) but no atoms.arrays['mm_charges']")
@@ -470,9 +475,34 @@ def collate(samples: Sequence[Sample], num_graphs: int | None = None, num_atoms:
     return batch
 
 
+def batch_padding(samples: Sequence[Sample], batch_size: int, atom_bucket: int = 32,
+                  pair_bucket: int = 128) -> dict[str, int]:
+    """One padding that fits every batch of ``batch_size`` drawn from ``samples``.
+
+    The totals of the ``batch_size`` largest samples (per quantity) bound any batch, so with
+    this padding a whole training run compiles its step once. The price is padding work when
+    sizes vary a lot (4-atom dimers beside 400-atom lipid trimers); per-batch buckets
+    (``padding=None``) compile once per bucket instead.
+
+    Returns:
+        ``num_atoms``, ``num_pairs`` and ``num_lr_pairs`` for :func:`collate`.
+    """
+    if not samples:
+        raise ValueError("no samples to pad for")
+
+    def bound(values: list[int]) -> int:
+        return int(sum(sorted(values, reverse=True)[:batch_size]))
+
+    lr_total = bound([s.num_lr_pairs for s in samples])
+    return {"num_atoms": bucket_size(bound([s.num_atoms for s in samples]), atom_bucket),
+            "num_pairs": bucket_size(max(bound([s.num_pairs for s in samples]), 1), pair_bucket),
+            "num_lr_pairs": bucket_size(lr_total, pair_bucket) if lr_total else 2}
+
+
 def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool = False,
                     rng: np.random.Generator | None = None, atom_bucket: int = 32,
-                    pair_bucket: int = 128) -> Iterator[tuple[Batch, list[int]]]:
+                    pair_bucket: int = 128, padding: dict[str, int] | None = None
+                    ) -> Iterator[tuple[Batch, list[int]]]:
     """Yield ``(batch, sample indices)``; every batch has ``batch_size`` molecule slots.
 
     The last batch is padded rather than dropped, so every sample is seen
@@ -489,4 +519,4 @@ def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool
     for start in range(0, len(order), batch_size):
         indices = [int(i) for i in order[start:start + batch_size]]
         yield (collate([samples[i] for i in indices], num_graphs=batch_size,
-                       atom_bucket=atom_bucket, pair_bucket=pair_bucket), indices)
+                       atom_bucket=atom_bucket, pair_bucket=pair_bucket, **(padding or {})), indices)

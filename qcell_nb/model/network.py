@@ -467,8 +467,10 @@ class SO3LRModel(nn.Module):
         charges = jnp.where(mm, batch["mm_charges"], qm_charges)
         dipole = jax.ops.segment_sum(qm_charges[:, None] * positions, segments, num_segments=num_graphs)
 
-        # Hirshfeld ratios, positive; 1 at a zero raw output
-        hirshfeld = jnp.where(qm, nn.softplus(heads[:, 2] + _softplus_inverse(1.0)), 0.0)
+        # Hirshfeld ratios in (0, 2), 1 at a zero raw output. Bounded because early in training the
+        # energy and force losses pushed unbounded ratios to ~2 and beyond through the dispersion
+        # term (C6 grows as the square), long before the Hirshfeld loss could hold them.
+        hirshfeld = jnp.where(qm, 2.0 * nn.sigmoid(heads[:, 2]), 0.0)
 
         zero = jnp.zeros(num_graphs, atomic.dtype)
         if cfg.repulsion:

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from ase import Atoms
 
-from .data import Batch, EnergyBaseline, Sample, fit_baseline, iterate_batches, samples_for
+from .data import Batch, EnergyBaseline, Sample, batch_padding, fit_baseline, iterate_batches, samples_for
 from .network import ModelConfig, Params, SO3LRModel, init_params, predict_batch
 
 FORMAT_VERSION = 2
@@ -194,17 +194,18 @@ def _metrics(total: dict[str, float], scale: float, weights: LossWeights) -> dic
 
 
 def evaluate(model: TrainedModel, samples: Sequence[Sample], *, batch_size: int = 16,
-             weights: LossWeights = LossWeights()) -> dict[str, float]:
+             weights: LossWeights = LossWeights(), padding: dict[str, int] | None = None) -> dict[str, float]:
     """Loss and MAE of every labelled property over ``samples``.
 
     Returns ``loss``, ``energy_mae`` (eV per molecule), ``forces_mae``
     (eV/Å), ``dipole_mae`` (e·Å), ``hirshfeld_mae``, ``charges_mae`` (e).
     ``samples`` must have been made with ``model.baseline`` and the model's
-    cutoffs (:func:`~qcell_nb.model.data.samples_for`).
+    cutoffs (:func:`~qcell_nb.model.data.samples_for`). ``padding`` (see
+    :func:`~qcell_nb.model.data.batch_padding`, the default) fixes the batch shape.
     """
     fn = _predict_fn(model.config)
     total: dict[str, float] = {}
-    for batch, _ in iterate_batches(samples, batch_size):
+    for batch, _ in iterate_batches(samples, batch_size, padding=padding or batch_padding(samples, batch_size)):
         out = jax.device_get(fn(model.params, _device_batch(batch)))
         predicted = {k: np.asarray(v, np.float64) for k, v in out.items()}
         for key, value in _error_sums(predicted, batch, xp=np).items():
@@ -262,6 +263,7 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    fixed_shape: bool = True,
 ) -> TrainingResult:
     """Train an :class:`SO3LRModel`; return the best parameters by validation loss.
 
@@ -298,6 +300,10 @@ def train(
     checkpoint_dir, resume:
         Keep ``best/`` and ``latest/`` checkpoints there (see the module
         docstring); ``resume=True`` continues from ``latest/`` if present.
+    fixed_shape:
+        Pad every batch to one shape (:func:`~qcell_nb.model.data.batch_padding`), so the
+        training step compiles once; False pads per batch to size buckets, which wastes less
+        work when sizes vary widely but compiles once per bucket.
     progress:
         Show a tqdm bar with the running losses.
 
@@ -347,7 +353,9 @@ def train(
         return learning_rate * (final_learning_rate / learning_rate) ** (step_number / total_steps)
 
     module = SO3LRModel(config, energy_scale=baseline.scale)
-    first_batch, _ = next(iterate_batches(train_samples, batch_size))
+    # One batch shape for training and validation: the step compiles once, not once per bucket.
+    padding = batch_padding(list(train_samples) + list(val_samples or []), batch_size) if fixed_shape else None
+    first_batch, _ = next(iterate_batches(train_samples, batch_size, padding=padding))
     params = init_params(module, _device_batch(first_batch), jax.random.PRNGKey(seed))
     opt_state = _optimizer(gradient_clip).init(params)
     step = _train_step_fn(config, weights, float(gradient_clip))
@@ -379,7 +387,7 @@ def train(
         epoch_sums = None
         # The batch order depends only on (seed, epoch): a resumed run replays it exactly.
         rng = np.random.default_rng([seed, epoch])
-        for batch, _ in iterate_batches(train_samples, batch_size, shuffle=True, rng=rng):
+        for batch, _ in iterate_batches(train_samples, batch_size, shuffle=True, rng=rng, padding=padding):
             params, opt_state, loss, sums = step(params, opt_state, _device_batch(batch),
                                                  np.float32(schedule(step_count)), scale)
             # Sum on the device and read back once per epoch: a float() here
@@ -391,7 +399,7 @@ def train(
         train_metrics = _metrics({k: float(v) for k, v in epoch_sums.items()}, baseline.scale, weights)
         current = TrainedModel(config, baseline, params)
         if val_samples:
-            val_metrics = evaluate(current, val_samples, batch_size=batch_size, weights=weights)
+            val_metrics = evaluate(current, val_samples, batch_size=batch_size, weights=weights, padding=padding)
         else:
             val_metrics = {k: math.nan for k in train_metrics}
         record = {"epoch": epoch, "learning_rate": schedule(step_count),
@@ -450,7 +458,7 @@ def _predict_samples(model: TrainedModel, structures: Sequence[Atoms], batch_siz
     """Yield (structure index, per-structure outputs as float64 numpy) for every structure."""
     samples = samples_for(structures, model.config, model.baseline, with_labels=False)
     fn = _predict_fn(model.config)
-    for batch, indices in iterate_batches(samples, batch_size):
+    for batch, indices in iterate_batches(samples, batch_size, padding=batch_padding(samples, batch_size)):
         out = jax.device_get(fn(model.params, _device_batch(batch)))
         offset = 0
         for g, i in enumerate(indices):

@@ -1,0 +1,83 @@
+"""Training experiments beyond the main model: nablaDFT splits, learning curves, direct vs delta-learning.
+
+Each experiment trains fresh models with the same settings as the main one and reports held-out
+errors, so that the validation stage can show how the model generalises (new conformations, new
+molecules, new scaffolds, unseen classes), how its error falls with data, and what a GFN2-xTB
+baseline buys. All are deterministic under the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from .delta import delta_structures
+from .model import predict, train
+from .splits import nabladft_splits
+from .validation.metrics import KCAL_PER_MOL_IN_EV, errors, reference_labels
+
+
+def test_errors(model, test: Sequence[Atoms]) -> dict[str, float]:
+    """Energy and force errors of ``model`` on labelled ``test`` structures (eV, meV/atom, eV/Å, kcal/mol/Å)."""
+    ref_e, ref_f = reference_labels(test)
+    pred_e, pred_f = predict(model, test)
+    result = errors(ref_e, ref_f, pred_e, pred_f, [len(a) for a in test])
+    result["force_mae_kcal_mol_A"] = result["force_mae_eV_A"] / KCAL_PER_MOL_IN_EV
+    return {key: round(float(value), 5) for key, value in result.items()}
+
+
+def train_and_test(structures: Sequence[Atoms], split: dict[str, list[int]], **train_kwargs: Any) -> dict[str, Any]:
+    """Train on ``split["train"]`` (validating on ``split["val"]``) and return test-set errors and sizes."""
+    train_set = [structures[i] for i in split["train"]]
+    val_set = [structures[i] for i in split["val"]] or None
+    test_set = [structures[i] for i in split["test"]]
+    if not train_set or not test_set:
+        raise ValueError(f"split has {len(train_set)} training and {len(test_set)} test structures: need both")
+    model = train(train_set, val_set, progress=False, **train_kwargs)
+    return {"n_train": len(train_set), "n_test": len(test_set), **test_errors(model, test_set)}
+
+
+def split_comparison(structures: Sequence[Atoms], kinds: Sequence[str], *, test_fraction: float,
+                     val_fraction: float, seed: int, test_subsets: Sequence[str] | None = None,
+                     **train_kwargs: Any) -> list[dict[str, Any]]:
+    """Test errors on each nablaDFT split kind (conformations, molecules, scaffolds, subsets).
+
+    Kinds whose test set is empty on this data are reported with the reason instead of errors.
+    """
+    splits = nabladft_splits(structures, test_fraction, val_fraction, seed, test_subsets=test_subsets)
+    rows = []
+    for kind in kinds:
+        if kind not in splits:
+            rows.append({"split": kind, "note": "no test structures for this split on this data"})
+            continue
+        rows.append({"split": kind, **train_and_test(structures, splits[kind], seed=seed, **train_kwargs)})
+    return rows
+
+
+def learning_curve(structures: Sequence[Atoms], split: dict[str, list[int]], fractions: Sequence[float], *,
+                   seed: int, **train_kwargs: Any) -> list[dict[str, Any]]:
+    """Test errors against training-set size: the first ``fraction`` of a seeded shuffle of the training set."""
+    order = np.random.default_rng(seed).permutation(split["train"])
+    rows = []
+    for fraction in fractions:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"learning-curve fraction {fraction!r}: must be in (0, 1]")
+        subset = {"train": [int(i) for i in order[:max(1, round(fraction * len(order)))]], "val": split["val"],
+                  "test": split["test"]}
+        rows.append({"fraction": fraction, **train_and_test(structures, subset, seed=seed, **train_kwargs)})
+    return rows
+
+
+def delta_comparison(structures: Sequence[Atoms], split: dict[str, list[int]], *, seed: int,
+                     **train_kwargs: Any) -> list[dict[str, Any]]:
+    """The same split learned directly (PBE0+MBD) and as a correction to GFN2-xTB.
+
+    Test errors of the delta model are taken on the delta targets: the baseline is added exactly to
+    both prediction and reference, so they equal the errors of baseline + model against PBE0+MBD.
+    """
+    delta = delta_structures(structures)
+    return [{"target": "PBE0+MBD (direct)", **train_and_test(structures, split, seed=seed, **train_kwargs)},
+            {"target": "PBE0+MBD - GFN2-xTB (delta)", **train_and_test(delta, split, seed=seed, **train_kwargs)}]
