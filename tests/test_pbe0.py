@@ -266,3 +266,18 @@ def test_gpu_matches_cpu() -> None:
     assert abs(gpu["energy"] - cpu["energy"]) / Hartree < 1e-6
     np.testing.assert_allclose(gpu["forces"], cpu["forces"], atol=1e-4)
     np.testing.assert_allclose(gpu["hirsh_ratios"], cpu["hirsh_ratios"], atol=1e-5)
+
+
+def test_mbd_nl_from_the_density_gives_forces_and_ratios():
+    from ase.build import molecule
+
+    from qcell_nb.calculators.pbe0 import PBE0MBD, level_of_theory
+
+    water = molecule("H2O")
+    water.calc = PBE0MBD(basis="sto-3g", grid_level=1, mbd="nl")
+    energy = water.get_potential_energy()
+    results = water.calc.results
+    assert results["mbd_energy"] < 0 and np.isfinite(energy)
+    assert results["vv_alpha0_ratios"].shape == (3,) and np.all(results["vv_alpha0_ratios"] > 0)
+    assert np.abs(water.get_forces().sum(axis=0)).max() < 1e-3
+    assert level_of_theory(basis="sto-3g", mbd="nl").startswith("PBE0+MBD-NL/")

@@ -108,14 +108,19 @@ def test_dataset_labels_are_physical(smoke_run):
     assert "fixed Hirshfeld" in dataset.metadata["mbd_forces"]
     assert dataset.metadata["level_of_theory"].startswith("PBE0+MBD@rsSCS/")
     rows = list(dataset.rows())
-    assert {row.subset for row in rows} == {"carbohydrates"}
+    # Every QCell class reaches the dataset through the same stages 04-07.
+    assert {row.subset for row in rows} == {"carbohydrates", "nucleic_acids", "lipids", "ions_water", "dimers"}
     for row in rows:
         assert np.isfinite(row.energy) and np.all(np.isfinite(row.forces))
         assert row.level_of_theory.startswith("PBE0+MBD")
         ratios = row.data["hirsh_ratios"]
         assert ratios.shape == (row.natoms,)
-        assert np.all((ratios > 0.3) & (ratios < 1.3)), ratios
-        assert row.mbd_energy < 0
+        # Neutral molecules stay near their free atoms; a cation's ratio can drop far below.
+        low = 0.3 if row.subset in ("carbohydrates", "lipids") else 0.02
+        assert np.all((ratios > low) & (ratios < 1.5)), (row.subset, ratios)
+        assert row.total_charge == int(row.get("info_charge", row.get("charge", 0)) or 0)
+        if row.natoms > 1:
+            assert row.mbd_energy < 0
 
 
 def test_stored_forces_match_finite_differences(smoke_run):
@@ -144,3 +149,21 @@ def test_model_beats_the_mean_predictor(smoke_run):
     metrics = json.loads((smoke_run["run_dir"] / "07_validation" / "metrics.json").read_text())
     assert metrics["n_test"] > 0
     assert metrics["model"]["force_mae_eV_A"] < metrics["mean_predictor"]["force_mae_eV_A"]
+
+
+def test_validation_regenerates_the_checks_and_the_report(smoke_run):
+    from qcell_nb.pipeline.cli import main
+
+    run_dir = smoke_run["run_dir"]
+    metrics = json.loads((run_dir / "07_validation" / "metrics.json").read_text())
+    assert {row["subset"] for row in metrics["per_subset"]} >= {"all"}
+    assert {row["subset"] for row in metrics["class_checks"]} >= {"carbohydrates", "ions_water", "lipids", "dimers"}
+    assert [row["ion"] for row in metrics["ion_md"]] == ["Na+", "Ca2+"]
+    for row in metrics["ion_md"]:
+        assert row["ps"] > 0  # the model ran MD; stability is reported, not required of a smoke model
+    assert (run_dir / "06_training" / "model.zip").exists()
+    assert (run_dir / "06_training" / "model" / "MODEL_CARD.md").exists()
+    assert main(["report", RUN, "--runs-dir", str(run_dir.parent)]) == 0
+    report = (run_dir / "report.md").read_text()
+    assert "per subset" in report and "07_validation/parity.png" in report
+    assert (run_dir / "07_validation" / "07_validation.html").exists()

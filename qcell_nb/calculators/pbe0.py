@@ -92,7 +92,7 @@ from ase.units import Bohr, Hartree
 from pyscf import dft, gto
 
 from qcell_nb.calculators.hirshfeld import hirshfeld_analysis
-from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces
+from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces, mbd_nl_energy_and_forces_from_scf
 from qcell_nb.structures import charge_of, multiplicity_of
 
 #: Closest allowed interatomic distance (Å); closer pairs are rejected.
@@ -132,7 +132,7 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "conv_tol": 1e-9,  # Ha
     "conv_tol_grad": None,  # orbital gradient norm; None = PySCF's sqrt(conv_tol)
     "max_cycle": 100,
-    "mbd": "rsscs",  # "rsscs", "ts" or None
+    "mbd": "rsscs",  # "rsscs", "nl" (MBD-NL from the VV polarisability of the density), "ts" or None
     "mbd_beta": None,  # None = libMBD's value for xc (PBE0: 0.85; TS s_R 0.96)
     "charge": None,  # None = atoms.info["charge"] (default 0)
     "multiplicity": None,  # None = atoms.info["multiplicity"] (default by parity)
@@ -173,8 +173,8 @@ def resolve_parameters(params: dict[str, Any], n_atoms: int | None = None) -> di
     resolved["preset"] = preset
     if resolved["device"] not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device {resolved['device']!r} is not 'auto', 'cpu' or 'gpu'")
-    if resolved["mbd"] not in ("rsscs", "ts", None):
-        raise ValueError(f"unknown mbd variant {resolved['mbd']!r}; use 'rsscs', 'ts' or None")
+    if resolved["mbd"] not in ("rsscs", "nl", "ts", None):
+        raise ValueError(f"unknown mbd variant {resolved['mbd']!r}; use 'rsscs', 'nl', 'ts' or None")
     return resolved
 
 
@@ -191,9 +191,9 @@ def level_of_theory(
     ``level_of_theory(**calc_params)`` works. ``basis`` None means the
     preset's basis (``preset="auto"`` names both) or the default one.
     """
-    disp = {"rsscs": "+MBD@rsSCS", "ts": "+TS", None: ""}.get(mbd)
+    disp = {"rsscs": "+MBD@rsSCS", "nl": "+MBD-NL", "ts": "+TS", None: ""}.get(mbd)
     if disp is None:
-        raise ValueError(f"unknown mbd variant {mbd!r}; use 'rsscs', 'ts' or None")
+        raise ValueError(f"unknown mbd variant {mbd!r}; use 'rsscs', 'nl', 'ts' or None")
     if basis is None:
         if preset == "auto":
             tight, inter = PRESETS["tight"]["basis"], PRESETS["intermediate"]["basis"]
@@ -433,8 +433,9 @@ class PBE0MBD(Calculator):
         SCF energy (Ha) and orbital-gradient convergence (default 1e-9, sqrt(conv_tol)).
     max_cycle : int
         SCF cycles per rescue stage.
-    mbd : {"rsscs", "ts", None}
-        Dispersion model (default ``"rsscs"``).
+    mbd : {"rsscs", "nl", "ts", None}
+        Dispersion model (default ``"rsscs"``); ``"nl"`` is MBD-NL with VV polarisabilities
+        of the SCF density (see :mod:`qcell_nb.calculators.mbd`).
     mbd_beta : float or None
         Damping override (beta for rsSCS, s_R for TS).
     charge, multiplicity : int or None
@@ -511,8 +512,13 @@ class PBE0MBD(Calculator):
         cpu_mf = mf.to_cpu() if p["_device"] == "gpu" else mf
         hirsh = hirshfeld_analysis(cpu_mf, cache_dir=p["free_atom_cache"], xc=p["xc"])
         e_pbe0 = float(mf.e_tot) * Hartree
+        vv_ratios = None
         if p["mbd"] is None:
             e_disp, f_disp = 0.0, np.zeros((len(self.atoms), 3))
+        elif p["mbd"] == "nl":
+            # MBD-NL takes its polarisabilities from the density itself (VV functional, Hirshfeld-partitioned).
+            e_disp, f_disp, vv_ratios = mbd_nl_energy_and_forces_from_scf(
+                cpu_mf, xc=p["xc"], beta=p["mbd_beta"], cache_dir=p["free_atom_cache"])
         else:
             beta = p["mbd_beta"] if p["mbd_beta"] is not None else default_damping(p["mbd"], p["xc"])
             e_disp, f_disp = mbd_energy_and_forces(
@@ -533,6 +539,8 @@ class PBE0MBD(Calculator):
             "hirshfeld_free_volumes": hirsh["free_volumes"],
             "scf_iterations": cycles,
             "scf_converged": bool(mf.converged),
+            **({} if vv_ratios is None else {"vv_alpha0_ratios": np.asarray(vv_ratios["alpha0_ratios"]),
+                                             "vv_c6_ratios": np.asarray(vv_ratios["c6_ratios"])}),
             "auxbasis": str(cpu_mf.with_df.auxbasis),
             "basis": str(p["basis"]),
             "device": p["_device"],

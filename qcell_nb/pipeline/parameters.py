@@ -52,8 +52,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "max_atoms": 80, "max_per_subset": 120,
         },
         "04_preoptimisation": {"keep_frames": 4, "mbd": True},
-        "05_reference": {"basis": "def2-svp", "grid_level": 3},
-        "06_training": {"epochs": 300, "batch_size": 16},
+        "05_reference": {"preset": "light"},
+        "06_training": {"model_size": "medium", "epochs": 300, "batch_size": 16,
+                        "evaluate_splits": ["conformations", "molecules", "scaffolds"],
+                        "learning_curve_fractions": [0.25, 0.5, 1.0], "compare_delta": True},
+        "07_validation": {"droplet_waters": 24, "md_steps": 4000, "nve_steps": 2000},
     },
     # The QCell recipe: full libraries, long MD, all fragment sizes, def2-TZVP-class labels.
     "paper": {
@@ -83,8 +86,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "max_atoms": None, "max_per_subset": None,
         },
         "04_preoptimisation": {"keep_frames": 5, "fmax": 0.01, "mbd": True, "method": "auto"},
-        "05_reference": {"basis": "def2-tzvp", "grid_level": 4, "conv_tol": 1e-10},
-        "06_training": {"epochs": 2000, "batch_size": 32},
+        "05_reference": {"preset": "auto"},
+        "06_training": {"model_size": "large", "epochs": 2000, "batch_size": 32, "fixed_shape": False,
+                        "evaluate_splits": ["conformations", "molecules", "scaffolds", "subsets"],
+                        "test_subsets": ["dimers"], "learning_curve_fractions": [0.1, 0.25, 0.5, 1.0],
+                        "compare_delta": True},
+        "07_validation": {"md_ions": ["Na+", "K+", "Cl-", "Mg2+", "Ca2+"], "droplet_waters": 64,
+                          "md_steps": 20000, "nve_steps": 10000},
     },
 }
 
