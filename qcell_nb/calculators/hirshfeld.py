@@ -149,6 +149,54 @@ def _compute_free_atom(atom: gto.Mole, xc: str) -> tuple[np.ndarray, float]:
     return dm, float(np.dot(grids.weights, r3 * rho))
 
 
+def _grids(mf):
+    grids = getattr(mf, "grids", None)
+    if grids is None:
+        grids = dft.gen_grid.Grids(mf.mol)
+        grids.level = 3
+    if grids.coords is None:
+        grids.build()
+    return grids
+
+
+def density_blocks(mf, cache_dir: str | os.PathLike | None = None, xc: str | None = None, deriv: int = 0,
+                   xctype: str = "LDA"):
+    """The SCF density and its Hirshfeld partition, block by block over the molecular grid.
+
+    Shared by the Hirshfeld analysis and MBD-NL's polarisability integrals: both need, per grid
+    point, the density and each atom's share of it. PySCF's grid blocking bounds memory.
+
+    Yields:
+        ``(rho, hirshfeld_weights, weights, coords)``: ``rho`` as ``NumInt.eval_rho`` gives it for
+        ``xctype`` ((g,) for LDA; (6, g) with gradient and tau for MGGA), Hirshfeld weights
+        (n_atoms, g) summing to one where the promolecule is not negligible, grid weights (g,)
+        and coordinates (g, 3) in bohr.
+    """
+    mol = mf.mol
+    if xc is None:
+        xc = getattr(mf, "xc", "hf")
+    grids = _grids(mf)
+    dm = np.asarray(mf.make_rdm1())
+    if dm.ndim == 3:  # UKS/UHF: alpha + beta
+        dm = dm[0] + dm[1]
+    n_atoms = mol.natm
+    ao_slices = mol.aoslice_by_atom()[:, 2:4]
+    free_dms = [free_atom(mol, ia, xc, cache_dir)[0] for ia in range(n_atoms)]
+    ni = dft.numint.NumInt()
+    for ao, mask, weights, coords in ni.block_loop(mol, grids, deriv=deriv):
+        rho = ni.eval_rho(mol, ao, dm, mask, xctype, with_lapl=False) if xctype == "MGGA" else \
+            ni.eval_rho(mol, ao, dm, mask, xctype)
+        values = ao[0] if deriv else ao
+        rho_free = np.empty((n_atoms, len(weights)))
+        for ia, (p0, p1) in enumerate(ao_slices):
+            # the promolecule is block-diagonal in the AO basis: atom A's free
+            # density only needs A's own AO columns
+            block = values[:, p0:p1]
+            rho_free[ia] = np.einsum("gi,gi->g", block @ free_dms[ia], block)
+        np.clip(rho_free, 0.0, None, out=rho_free)
+        yield rho, rho_free / np.maximum(rho_free.sum(axis=0), RHO_FLOOR), weights, coords
+
+
 def hirshfeld_analysis(
     mf, cache_dir: str | os.PathLike | None = None, xc: str | None = None
 ) -> dict[str, np.ndarray]:
@@ -174,38 +222,16 @@ def hirshfeld_analysis(
     mol = mf.mol
     if xc is None:
         xc = getattr(mf, "xc", "hf")
-    grids = getattr(mf, "grids", None)
-    if grids is None:
-        grids = dft.gen_grid.Grids(mol)
-        grids.level = 3
-    if grids.coords is None:
-        grids.build()
-    dm = np.asarray(mf.make_rdm1())
-    if dm.ndim == 3:  # UKS/UHF: alpha + beta
-        dm = dm[0] + dm[1]
-
     n_atoms = mol.natm
-    ao_slices = mol.aoslice_by_atom()[:, 2:4]
     free = [free_atom(mol, ia, xc, cache_dir) for ia in range(n_atoms)]
     atom_coords = mol.atom_coords()  # bohr
 
     pop = np.zeros(n_atoms)
     moment = np.zeros(n_atoms)
     n_electrons = 0.0
-    ni = dft.numint.NumInt()
-    # PySCF's grid blocking bounds memory and supplies the AO screening mask.
-    for ao, mask, weights, coords in ni.block_loop(mol, grids, deriv=0):
-        rho = ni.eval_rho(mol, ao, dm, mask, "LDA")
-        rho_free = np.empty((n_atoms, len(weights)))
-        for ia, (p0, p1) in enumerate(ao_slices):
-            # the promolecule is block-diagonal in the AO basis: atom A's free
-            # density only needs A's own AO columns
-            ao_a = ao[:, p0:p1]
-            rho_free[ia] = np.einsum("gi,gi->g", ao_a @ free[ia][0], ao_a)
-        np.clip(rho_free, 0.0, None, out=rho_free)
-        rho_pro = np.maximum(rho_free.sum(axis=0), RHO_FLOOR)
-        # w_A rho = rho_A^free * (rho / rho_pro), times the grid weights
-        part = rho_free * (rho / rho_pro * weights)
+    for rho, hirshfeld_weights, weights, coords in density_blocks(mf, cache_dir, xc):
+        # w_A rho, times the grid weights
+        part = hirshfeld_weights * (rho * weights)
         r3 = np.linalg.norm(coords[None, :, :] - atom_coords[:, None, :], axis=2) ** 3
         pop += part.sum(axis=1)
         moment += (part * r3).sum(axis=1)

@@ -680,38 +680,15 @@ def vv_polarisability_ratios(mf, cache_dir=None, xc: str | None = None) -> dict[
         ``alpha0_vv``, ``c6_vv``, ``alpha0_vv_free``, ``c6_vv_free`` (n,;
         a.u.: bohr^3, Ha bohr^6).
     """
-    from pyscf import dft
-
-    from .hirshfeld import RHO_FLOOR, free_atom
+    from .hirshfeld import density_blocks
 
     mol = mf.mol
     if xc is None:
         xc = getattr(mf, "xc", "hf")
-    grids = getattr(mf, "grids", None)
-    if grids is None:
-        grids = dft.gen_grid.Grids(mol)
-        grids.level = 3
-    if grids.coords is None:
-        grids.build()
-    dm = np.asarray(mf.make_rdm1())
-    if dm.ndim == 3:  # UKS/UHF: alpha + beta
-        dm = dm[0] + dm[1]
     freq, freq_w = frequency_grid()
     n_atoms = mol.natm
-    ao_slices = mol.aoslice_by_atom()[:, 2:4]
-    free_dms = [free_atom(mol, ia, xc, cache_dir)[0] for ia in range(n_atoms)]
-
     alpha = np.zeros((n_atoms, len(freq)))
-    ni = dft.numint.NumInt()
-    for ao, mask, weights, _ in ni.block_loop(mol, grids, deriv=1):
-        rho = ni.eval_rho(mol, ao, dm, mask, "MGGA", with_lapl=False)
-        values = ao[0]
-        rho_free = np.empty((n_atoms, len(weights)))
-        for ia, (p0, p1) in enumerate(ao_slices):
-            block = values[:, p0:p1]
-            rho_free[ia] = np.einsum("gi,gi->g", block @ free_dms[ia], block)
-        np.clip(rho_free, 0.0, None, out=rho_free)
-        hirshfeld_weights = rho_free / np.maximum(rho_free.sum(axis=0), RHO_FLOOR)
+    for rho, hirshfeld_weights, weights, _ in density_blocks(mf, cache_dir, xc, deriv=1, xctype="MGGA"):
         alpha += _vv_integrals(rho, hirshfeld_weights * weights[None, :], freq)
 
     alpha_free = np.array([_free_atom_vv(mol, ia, xc, cache_dir, freq) for ia in range(n_atoms)])
