@@ -465,18 +465,18 @@ def plot_glycosidic_coverage(candidates: Sequence[Atoms], selected: Sequence[Ato
 
 
 def limit_fragments(fragments: Sequence[Atoms], max_atoms: int | None = None, max_per_subset: int | None = None,
-                    seed: int = 0) -> list[Atoms]:
+                    seed: int = 0, subset_caps: dict[str, int] | None = None) -> list[Atoms]:
     """The fragments that go on to the quantum-chemistry stages.
 
     Keeps fragments of at most ``max_atoms`` atoms, then at most ``max_per_subset`` of each QCell
-    subset, chosen at random under ``seed`` (``None``: no limit). The input order is kept, so
-    the result is deterministic and reads like the input.
+    subset (``subset_caps`` overrides it per subset), chosen at random under ``seed`` (``None``:
+    no limit). The input order is kept, so the result is deterministic and reads like the input.
     """
     for name, value in (("max_atoms", max_atoms), ("max_per_subset", max_per_subset)):
         if value is not None and value < 1:
             raise ValueError(f"{name}={value!r}: must be a positive integer or None")
     small = [i for i, atoms in enumerate(fragments) if max_atoms is None or len(atoms) <= max_atoms]
-    if max_per_subset is None:
+    if max_per_subset is None and not subset_caps:
         return [fragments[i] for i in small]
     rng = np.random.default_rng(seed)
     by_subset: dict[str, list[int]] = {}
@@ -485,6 +485,7 @@ def limit_fragments(fragments: Sequence[Atoms], max_atoms: int | None = None, ma
     kept = set()
     for subset in sorted(by_subset):
         members = by_subset[subset]
-        chosen = members if len(members) <= max_per_subset else rng.choice(members, max_per_subset, replace=False)
+        cap = (subset_caps or {}).get(subset, max_per_subset)
+        chosen = members if cap is None or len(members) <= cap else rng.choice(members, cap, replace=False)
         kept.update(int(i) for i in chosen)
     return [fragments[i] for i in sorted(kept)]

@@ -223,5 +223,7 @@ def test_limit_fragments_caps_size_and_count_per_subset():
     assert [a.info["index"] for a in kept] == sorted(a.info["index"] for a in kept)
     assert kept == limit_fragments(fragments, max_atoms=5, max_per_subset=4, seed=1)
     assert len(limit_fragments(fragments)) == 12
+    capped = limit_fragments(fragments, max_per_subset=3, subset_caps={"carbohydrates": 1}, seed=1)
+    assert [a.info["subset"] for a in capped].count("carbohydrates") == 1 and len(capped) == 4
     with pytest.raises(ValueError, match="max_atoms"):
         limit_fragments(fragments, max_atoms=0)

@@ -160,7 +160,10 @@ def test_validation_regenerates_the_checks_and_the_report(smoke_run):
     assert {row["subset"] for row in metrics["class_checks"]} >= {"carbohydrates", "ions_water", "lipids", "dimers"}
     assert [row["ion"] for row in metrics["ion_md"]] == ["Na+", "Ca2+"]
     for row in metrics["ion_md"]:
-        assert row["ps"] > 0  # the model ran MD; stability is reported, not required of a smoke model
+        # The model ran MD (stability is reported, not required of a smoke model), or it says why it could not:
+        # two ion clusters go on to DFT in smoke, so one ion may be absent from the training data.
+        assert row.get("ps", 0) > 0 or "not in the training data" in row["error"], row
+    assert any(row.get("ps", 0) > 0 for row in metrics["ion_md"])
     assert (run_dir / "06_training" / "model.zip").exists()
     assert (run_dir / "06_training" / "model" / "MODEL_CARD.md").exists()
     assert main(["report", RUN, "--runs-dir", str(run_dir.parent)]) == 0

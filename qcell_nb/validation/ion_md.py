@@ -92,3 +92,22 @@ def ion_droplet_check(frame: Atoms, calculator: Calculator, *, n_waters: int = 2
         row[f"{pair} experiment"] = experiment
         row[f"{pair} difference"] = None if experiment is None else round(peak - float(experiment), 2)
     return row
+
+
+def ion_droplet_checks(frames: Sequence[Atoms], ions: Sequence[str], calculator: Calculator, **kwargs) -> list[dict]:
+    """:func:`ion_droplet_check` for each ion in ``ions``, from the first of its MM frames.
+
+    An ion without a stage-02 box, or one the model cannot run (an element absent from its
+    training data), gets a row with ``error`` saying why; the other ions go on.
+    """
+    rows = []
+    for ion in ions:
+        boxes = [a for a in frames if a.info.get("subset") == "ions_water" and a.info.get("name") == ion]
+        if not boxes:
+            rows.append({"ion": ion, "stable": None, "error": "no stage-02 MM box of this ion"})
+            continue
+        try:
+            rows.append(ion_droplet_check(boxes[0], calculator, **kwargs))
+        except ValueError as exc:
+            rows.append({"ion": ion, "stable": None, "error": str(exc)})
+    return rows
