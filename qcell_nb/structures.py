@@ -12,7 +12,15 @@ under these keys (all optional except where a stage says otherwise):
 ``multiplicity``  spin multiplicity 2S+1 (int)
 ``conformer``     conformer index within its block (int)
 ``parent_id``     structure id of the structure this one was derived from
-``frame``         frame index along an optimisation path (int)
+``frame``         frame index along an optimisation path or an MD trajectory (int)
+
+Class-specific keys: ``block_type``, ``donor``, ``acceptor``, ``linkage``, ``anomer``, ``residue``
+(carbohydrates); ``form``, ``sequence``, ``fragment`` (nucleic acids); ``fragment_kind``, ``unit``,
+``members`` (lipids); ``ion``, ``n_waters``, ``shell_radius`` (ion clusters); ``n_atoms_a``,
+``scan_factor``, ``contact_distance`` (dimers); ``mm_charges`` (ML/MM structures). Structures
+that carry an OpenMM topology (MD frames and the fragments carved from them) hold it in
+``residue_index``, ``residue_name``, ``residue_id``, ``atom_name``, ``chain_index`` and
+``bonds`` (see :mod:`qcell_nb.md`).
 
 A structure's identity is :func:`structure_id`: a hash of atomic numbers,
 positions rounded to 1e-4 Å, charge and multiplicity. It keys resume and
