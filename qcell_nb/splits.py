@@ -66,6 +66,29 @@ def scaffold_key(atoms: Atoms) -> str:
     return f"scaffold:{scaffold}" if scaffold else f"molecule:{molecule_key(atoms)}"
 
 
+def cover_elements(structures: Sequence[Atoms], split: dict[str, list[int]],
+                   key: Callable[[Atoms], str] = group_key) -> dict[str, list[int]]:
+    """Move whole groups from validation/test into training until training has every element.
+
+    A model cannot predict an element it never saw (its per-element energy is undefined), so a
+    held-out group that brings a new element (the one nucleic-acid path of a tiny run, say) goes
+    to training instead. Groups are given by ``key``; the rest of the split is unchanged.
+    """
+    split = {part: list(indices) for part, indices in split.items()}
+    seen = {int(z) for i in split["train"] for z in structures[i].numbers}
+    for part in ("val", "test"):
+        groups: dict[str, list[int]] = {}
+        for i in split[part]:
+            groups.setdefault(key(structures[i]), []).append(i)
+        for members in groups.values():
+            elements = {int(z) for i in members for z in structures[i].numbers}
+            if not elements <= seen:
+                split[part] = [i for i in split[part] if i not in set(members)]
+                split["train"] = sorted(split["train"] + members)
+                seen |= elements
+    return split
+
+
 def _check_fractions(test_fraction: float, val_fraction: float) -> None:
     for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0.0 <= value < 1.0:
@@ -80,7 +103,8 @@ def split_by_group(structures: Sequence[Atoms], test_fraction: float = 0.2, val_
 
     Groups are given by ``key`` (default :func:`group_key`, the optimisation path). Fractions count
     groups, not structures. At least one group goes to each of test and validation when there are
-    three groups or more. Deterministic under ``seed``.
+    three groups or more; a held-out group with an element absent from training is moved to
+    training (:func:`cover_elements`). Deterministic under ``seed``.
     """
     _check_fractions(test_fraction, val_fraction)
     groups = sorted({key(atoms) for atoms in structures})
@@ -94,7 +118,7 @@ def split_by_group(structures: Sequence[Atoms], test_fraction: float = 0.2, val_
     split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for i, atoms in enumerate(structures):
         split[assignment[key(atoms)]].append(i)
-    return split
+    return cover_elements(structures, split, key)
 
 
 def split_conformations(structures: Sequence[Atoms], test_fraction: float = 0.2, val_fraction: float = 0.1,
@@ -124,7 +148,7 @@ def split_conformations(structures: Sequence[Atoms], test_fraction: float = 0.2,
     split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for i, atoms in enumerate(structures):
         split[assignment[group_key(atoms)]].append(i)
-    return split
+    return cover_elements(structures, split)
 
 
 def split_subsets(structures: Sequence[Atoms], test_subsets: Sequence[str], val_fraction: float = 0.1,
@@ -139,8 +163,9 @@ def split_subsets(structures: Sequence[Atoms], test_subsets: Sequence[str], val_
     if not rest:
         raise ValueError(f"test_subsets {list(test_subsets)} leave no structure for training")
     inner = split_by_group([structures[i] for i in rest], test_fraction=0.0, val_fraction=val_fraction, seed=seed)
-    return {"train": [rest[i] for i in inner["train"]], "val": [rest[i] for i in inner["val"]],
-            "test": [i for i, a in enumerate(structures) if str(a.info.get("subset")) in set(test_subsets)]}
+    split = {"train": [rest[i] for i in inner["train"]], "val": [rest[i] for i in inner["val"]],
+             "test": [i for i, a in enumerate(structures) if str(a.info.get("subset")) in set(test_subsets)]}
+    return cover_elements(structures, split)
 
 
 def nabladft_splits(structures: Sequence[Atoms], test_fraction: float = 0.2, val_fraction: float = 0.1,

@@ -80,3 +80,16 @@ def test_unknown_test_subset_is_named():
 
     with pytest.raises(ValueError, match="lipids"):
         split_subsets(sugars_and_friends(), ["lipids"])
+
+
+def test_an_element_seen_only_in_a_held_out_group_moves_to_training():
+    from ase.build import molecule
+
+    structures = frames()
+    ammonia = molecule("NH3")
+    ammonia.info["parent_id"] = "the only nitrogen"
+    structures.append(ammonia)
+    for seed in range(6):
+        split = split_by_group(structures, test_fraction=0.3, val_fraction=0.2, seed=seed)
+        assert len(structures) - 1 in split["train"]
+        assert sorted(sum(split.values(), [])) == list(range(len(structures)))
