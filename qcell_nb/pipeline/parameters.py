@@ -30,7 +30,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "disaccharides": ["maltose", "cellobiose", "lactose", "sucrose", "trehalose", "isomaltose",
                               "laminaribiose"],
             "glycopeptides": ["GlcNAc-beta-Asn", "GalNAc-alpha-Ser"],
-            "dna_sequences": ["GCGATCG", "CGCGCGC", "ATGCATG"], "dna_forms": ["A", "B", "Z"],
+            # Every sequence alternates purines and pyrimidines, so each also builds as Z-DNA.
+            "dna_sequences": ["CGCGCGC", "ATGCATG", "GCATGCA"], "dna_forms": ["A", "B", "Z"],
             "rna_sequences": ["GCAUGCA"], "lipids": "all", "ions": "all", "dimer_monomers": "all",
         },
         "02_sampling": {
@@ -62,7 +63,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "01_building_blocks": {
             "monosaccharides": "all", "disaccharides": "all", "glycopeptides": "all",
-            "dna_sequences": ["GCGATCG", "CGCGCGC", "ATGCATG", "GGATCCA", "TTAGCTA", "CACGTGC"],
+            "dna_sequences": ["CGCGCGC", "ATGCATG", "GCATGCA", "CACGTGC", "TGCACGT", "ACGTACG"],
             "dna_forms": ["A", "B", "Z"], "rna_sequences": ["GCAUGCA", "UUCGAAG"],
             "lipids": "all", "ions": "all", "dimer_monomers": "all",
         },
