@@ -15,37 +15,21 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes, all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .calculators.tightbinding import gfn2_calculator
+from .calculators.tightbinding import single_point
 
 BASELINE = "GFN2-xTB (tblite)"
-
-
-def _thread_limit(threads: int):
-    # tblite's OpenMP threads fight JAX's when both live in one process (measured ~50x slower);
-    # stages parallelise over structures instead.
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads)
 
 
 def baseline_energy_forces(atoms: Atoms, threads: int = 1) -> tuple[float, np.ndarray]:
     """GFN2-xTB energy (eV) and forces (eV/Å, (n_atoms, 3)) of ``atoms`` (not modified).
 
+    ``threads`` caps tblite's OpenMP threads: beside JAX in one process they otherwise fight it
+    (measured ~50x slower); stages parallelise over structures instead.
+
     Raises:
-        RuntimeError: naming the structure when the tight-binding calculation fails or is non-finite.
+        TightBindingError: naming the structure when the calculation fails or is non-finite.
     """
-    work = atoms.copy()
-    work.calc = gfn2_calculator(atoms)
-    label = atoms.info.get("name", atoms.get_chemical_formula())
-    try:
-        with _thread_limit(threads):
-            energy = float(work.get_potential_energy())
-            forces = np.asarray(work.get_forces(), dtype=float)
-    except Exception as exc:  # tblite raises its own error types
-        raise RuntimeError(f"{BASELINE} baseline failed for {label!r}: {exc}") from exc
-    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
-        raise RuntimeError(f"{BASELINE} baseline of {label!r} is not finite")
-    return energy, forces
+    return single_point(atoms, threads=threads)
 
 
 def delta_structures(structures: Sequence[Atoms], threads: int = 1) -> list[Atoms]:

@@ -49,7 +49,7 @@ from ase.optimize import LBFGS
 from ..structures import charge_of, multiplicity_of, structure_id
 
 __all__ = ["METHOD", "METHODS", "MBDCorrected", "TightBindingError", "charge_population_ratios",
-           "gfn2_calculator", "method_label", "optimise", "resolve_method", "single_point_energy",
+           "gfn2_calculator", "method_label", "optimise", "resolve_method", "single_point", "single_point_energy",
            "tight_binding_calculator"]
 
 METHOD = "GFN2-xTB"
@@ -365,9 +365,9 @@ def _energy_forces(atoms: Atoms, method: str = METHOD) -> tuple[float, np.ndarra
     return energy, forces
 
 
-def single_point_energy(atoms: Atoms, accuracy: float = 1.0, max_iterations: int = 250,
-                        threads: int | None = 1, method: Method = "gfn2-xtb", mbd: bool = False) -> float:
-    """Tight-binding total energy of ``atoms`` in eV (``atoms`` is not modified).
+def single_point(atoms: Atoms, accuracy: float = 1.0, max_iterations: int = 250, threads: int | None = 1,
+                 method: Method = "gfn2-xtb", mbd: bool = False) -> tuple[float, np.ndarray]:
+    """Tight-binding energy (eV) and forces (eV/Å, (n, 3)) of ``atoms`` (not modified).
 
     ``method``, ``mbd``, ``accuracy`` and ``max_iterations`` go to
     :func:`tight_binding_calculator` (default: plain GFN2-xTB); ``threads``
@@ -378,7 +378,7 @@ def single_point_energy(atoms: Atoms, accuracy: float = 1.0, max_iterations: int
     ValueError
         If the structure is empty or has overlapping atoms.
     TightBindingError
-        (a RuntimeError) if the SCF fails or the energy is non-finite; the
+        (a RuntimeError) if the SCF fails or a result is non-finite; the
         message names the structure.
     """
     _check_input(atoms)
@@ -388,9 +388,15 @@ def single_point_energy(atoms: Atoms, accuracy: float = 1.0, max_iterations: int
     work.calc = tight_binding_calculator(atoms, method, mbd, accuracy=accuracy, max_iterations=max_iterations)
     try:
         with _thread_limit(threads):
-            return _energy_forces(work, method_label(method, mbd))[0]
+            return _energy_forces(work, method_label(method, mbd))
     finally:
         _release(work.calc)
+
+
+def single_point_energy(atoms: Atoms, accuracy: float = 1.0, max_iterations: int = 250,
+                        threads: int | None = 1, method: Method = "gfn2-xtb", mbd: bool = False) -> float:
+    """Tight-binding total energy of ``atoms`` in eV: :func:`single_point` without the forces."""
+    return single_point(atoms, accuracy, max_iterations, threads, method, mbd)[0]
 
 
 def _release(calc: Calculator) -> None:
