@@ -336,6 +336,12 @@ def _map_on_dask(client, func, items, keys, func_kwargs, retries, handle_ok, han
         elif future.status == "cancelled":
             handle_error(key, "CancelledError: the scheduler cancelled the task (did it restart?)")
         else:
+            # A task whose worker died can be yielded while its state is still moving
+            # (lost, then recomputed elsewhere); exception() waits for the final state,
+            # so a task that did finish is delivered, never recorded as a failure.
             exc = future.exception()
-            handle_error(key, _error_text(exc) if exc is not None else f"task {future.status}")
+            if exc is None and future.status == "finished":
+                handle_ok(key, future.result())
+            else:
+                handle_error(key, _error_text(exc) if exc is not None else f"task ended as {future.status}")
         future.release()
