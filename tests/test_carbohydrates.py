@@ -8,7 +8,7 @@ from rdkit import Chem
 from rdkit.Chem import rdCIPLabeler
 
 from qcell_nb.blocks import (LIBRARY, MONOSACCHARIDES, build_library, build_monosaccharide, canonical_smiles,
-                             molecule_from_smiles)
+                             mol_with_geometry, molecule_from_smiles)
 
 # CIP descriptor of every stereocentre, by sugar carbon number, written out by
 # hand from the IUPAC names (e.g. beta-D-glucopyranose =
@@ -120,14 +120,7 @@ def sugar_carbon_cip(mol: Chem.Mol) -> dict[str, str]:
 
 def mol_from_atoms(atoms) -> Chem.Mol:
     """RDKit molecule from info['smiles'] with the Atoms' geometry and 3D-derived stereo."""
-    mol = Chem.AddHs(Chem.MolFromSmiles(atoms.info["smiles"]))
-    conformer = Chem.Conformer(mol.GetNumAtoms())
-    for index, xyz in enumerate(atoms.positions):
-        conformer.SetAtomPosition(index, xyz.tolist())
-    mol.RemoveAllConformers()
-    mol.AddConformer(conformer, assignId=True)
-    Chem.AssignStereochemistryFrom3D(mol)
-    return mol
+    return mol_with_geometry(atoms.info["smiles"], atoms.positions)
 
 
 @pytest.fixture(scope="module")

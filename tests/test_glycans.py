@@ -7,7 +7,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import rdCIPLabeler
 
-from qcell_nb.blocks.carbohydrates import MONOSACCHARIDES, sugar_residues
+from qcell_nb.blocks.carbohydrates import MONOSACCHARIDES, mol_with_geometry, sugar_residues
 from qcell_nb.blocks.glycans import (DISACCHARIDES, GLYCOPEPTIDES, build_carbohydrate_blocks, build_disaccharide,
                                      build_glycopeptide, build_named_disaccharide, disaccharide_smiles,
                                      glycopeptide_smiles)
@@ -153,13 +153,7 @@ def test_3d_structures_keep_the_stereo():
     blocks = build_carbohydrate_blocks(disaccharides="all", glycopeptides="all", seed=0)
     assert len(blocks) == len(DISACCHARIDES) + len(GLYCOPEPTIDES)
     for atoms in blocks:
-        mol = Chem.AddHs(Chem.MolFromSmiles(atoms.info["smiles"]))
-        conformer = Chem.Conformer(mol.GetNumAtoms())
-        for index, xyz in enumerate(atoms.positions):
-            conformer.SetAtomPosition(index, xyz.tolist())
-        mol.RemoveAllConformers()
-        mol.AddConformer(conformer, assignId=True)
-        Chem.AssignStereochemistryFrom3D(mol)
+        mol = mol_with_geometry(atoms.info["smiles"], atoms.positions)
         assert Chem.MolToSmiles(Chem.RemoveHs(mol)) == atoms.info["smiles"], atoms.info["name"]
         assert 35 <= len(atoms) <= 75
 

@@ -11,6 +11,7 @@ from rdkit import Chem
 from rdkit.Chem import rdMolAlign
 
 from qcell_nb.blocks import build_monosaccharide, molecule_from_smiles
+from qcell_nb.blocks.carbohydrates import mol_with_geometry
 from qcell_nb.sampling import KCAL_PER_MOL, conformer_search, search_many
 from qcell_nb.structures import structure_id
 
@@ -31,13 +32,7 @@ def conformers(glucose):
 
 def heavy_mol(atoms) -> Chem.Mol:
     """Heavy-atom RDKit molecule with the Atoms' geometry (for an independent RMSD)."""
-    mol = Chem.AddHs(Chem.MolFromSmiles(atoms.info["smiles"]))
-    conformer = Chem.Conformer(mol.GetNumAtoms())
-    for index, xyz in enumerate(atoms.positions):
-        conformer.SetAtomPosition(index, xyz.tolist())
-    mol.RemoveAllConformers()
-    mol.AddConformer(conformer)
-    return Chem.RemoveHs(mol)
+    return Chem.RemoveHs(mol_with_geometry(atoms.info["smiles"], atoms.positions, assign_stereo=False))
 
 
 def test_kcal_conversion():

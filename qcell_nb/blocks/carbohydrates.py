@@ -51,6 +51,7 @@ __all__ = [
     "build_library",
     "build_monosaccharide",
     "canonical_smiles",
+    "mol_with_geometry",
     "mol_with_hydrogens",
     "molecule_from_smiles",
     "sugar_residues",
@@ -322,6 +323,40 @@ def mol_with_hydrogens(smiles: str) -> Chem.Mol:
         If RDKit cannot parse ``smiles``.
     """
     return Chem.AddHs(_parse(smiles))
+
+
+def mol_with_geometry(smiles: str, positions: np.ndarray, assign_stereo: bool = True) -> Chem.Mol:
+    """:func:`mol_with_hydrogens` of ``smiles`` carrying ``positions`` as its one conformer.
+
+    Parameters
+    ----------
+    smiles:
+        SMILES whose ``AddHs`` atom order matches ``positions`` (``atoms.info['smiles']``
+        of a block).
+    positions:
+        Shape (n_atoms, 3), Å.
+    assign_stereo:
+        Set the stereo tags from the 3D geometry (``AssignStereochemistryFrom3D``), so the
+        molecule says what the geometry is, not what the SMILES asked for.
+
+    Raises
+    ------
+    ValueError
+        If ``smiles`` is unparsable or ``positions`` does not have one row per atom.
+    """
+    mol = mol_with_hydrogens(smiles)
+    positions = np.asarray(positions, dtype=float)
+    if positions.shape != (mol.GetNumAtoms(), 3):
+        raise ValueError(f"positions of shape {positions.shape} for {smiles!r}, "
+                         f"which has {mol.GetNumAtoms()} atoms with hydrogens")
+    conformer = Chem.Conformer(mol.GetNumAtoms())
+    for index, xyz in enumerate(positions):
+        conformer.SetAtomPosition(index, xyz.tolist())
+    mol.RemoveAllConformers()
+    mol.AddConformer(conformer, assignId=True)
+    if assign_stereo:
+        Chem.AssignStereochemistryFrom3D(mol)
+    return mol
 
 
 def _embed(mol: Chem.Mol, label: str, seed: int) -> None:

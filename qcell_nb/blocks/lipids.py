@@ -47,7 +47,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from ..structures import structure_id
-from .carbohydrates import mol_with_hydrogens, molecule_from_smiles
+from .carbohydrates import mol_with_geometry, molecule_from_smiles
 
 __all__ = [
     "FORCEFIELD_FILES",
@@ -332,11 +332,7 @@ def build_lipid(name: str, seed: int = 0) -> Atoms:
     """
     spec = _lipid_spec(name)
     atoms = molecule_from_smiles(spec.smiles, name=name, seed=seed, subset="lipids")
-    mol = mol_with_hydrogens(atoms.info["smiles"])
-    conformer = Chem.Conformer(mol.GetNumAtoms())
-    for i, xyz in enumerate(atoms.get_positions()):
-        conformer.SetAtomPosition(i, xyz.tolist())
-    mol.AddConformer(conformer, assignId=True)
+    mol = mol_with_geometry(atoms.info["smiles"], atoms.get_positions(), assign_stereo=False)
     names = template_atom_names(mol, spec.residue)
     _extend(mol, names, spec, repr(name), seed)
     index = {atom_name: i for i, atom_name in enumerate(names)}
