@@ -1,24 +1,39 @@
-"""Command line: ``qcell-nb run``, ``status``, ``failures``, ``retry``."""
+"""Command line: ``qcell-nb run``, ``status``, ``failures``, ``retry``, ``report``, ``export``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+from collections.abc import Callable
 
 from .parameters import PROFILES, ParameterError, parse_overrides
 from .runner import EXECUTION_PARAMETERS, find_run, retry_failures, run_pipeline, run_status, stage_failures
 
+#: Errors that mean the user asked for something that cannot be done: one line, exit status 2.
+_USER_ERRORS = (ParameterError, ValueError, RuntimeError, FileNotFoundError)
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _user_errors_exit_2(command: Command) -> Command:
+    """Run a command; a user error prints ``qcell-nb: error: ...`` and returns 2, not a traceback."""
+    @functools.wraps(command)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except _USER_ERRORS as exc:
+            print(f"qcell-nb: error: {exc}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+@_user_errors_exit_2
 def _cmd_run(args: argparse.Namespace) -> int:
-    try:
-        overrides = parse_overrides(args.set or [])
-        outcomes = run_pipeline(profile=args.profile, run=args.run, stages=args.stages, overrides=overrides,
-                                seed=args.seed, force=args.force, runs_dir=args.runs_dir,
-                                notebooks_dir=args.notebooks, log_output=args.verbose)
-    except (ParameterError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"qcell-nb: error: {exc}", file=sys.stderr)
-        return 2
+    outcomes = run_pipeline(profile=args.profile, run=args.run, stages=args.stages,
+                            overrides=parse_overrides(args.set or []), seed=args.seed, force=args.force,
+                            runs_dir=args.runs_dir, notebooks_dir=args.notebooks, log_output=args.verbose)
     failed = [o for o in outcomes if o.action == "failed"]
     total = sum(o.seconds for o in outcomes)
     print(f"{len(outcomes) - len(failed)}/{len(outcomes)} stages done in {total:.1f} s"
@@ -26,12 +41,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+@_user_errors_exit_2
 def _cmd_status(args: argparse.Namespace) -> int:
-    try:
-        run_dir = find_run(args.run, args.runs_dir)
-    except FileNotFoundError as exc:
-        print(f"qcell-nb: error: {exc}", file=sys.stderr)
-        return 2
+    run_dir = find_run(args.run, args.runs_dir)
     print(f"run {run_dir}")
     print(f"{'stage':<20} {'status':<10} {'seconds':>8}  counts")
     for row in run_status(run_dir):
@@ -45,13 +57,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors_exit_2
 def _cmd_failures(args: argparse.Namespace) -> int:
-    try:
-        run_dir = find_run(args.run, args.runs_dir)
-        failures = stage_failures(run_dir, [args.stage] if args.stage else None)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"qcell-nb: error: {exc}", file=sys.stderr)
-        return 2
+    run_dir = find_run(args.run, args.runs_dir)
+    failures = stage_failures(run_dir, [args.stage] if args.stage else None)
     print(f"run {run_dir}: {len(failures)} failed item(s)")
     for entry in failures:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.get("time", 0)))
@@ -63,16 +72,13 @@ def _cmd_failures(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors_exit_2
 def _cmd_retry(args: argparse.Namespace) -> int:
-    try:
-        run_dir = find_run(args.run, args.runs_dir)
-        # Execution settings apply to the one stage retried, with or without a stage prefix.
-        execution = {k: v for values in parse_overrides(args.set or []).values() for k, v in values.items()}
-        outcome = retry_failures(run_dir, args.stage, notebooks_dir=args.notebooks, execution=execution,
-                                 log_output=args.verbose)
-    except (ParameterError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"qcell-nb: error: {exc}", file=sys.stderr)
-        return 2
+    run_dir = find_run(args.run, args.runs_dir)
+    # Execution settings apply to the one stage retried, with or without a stage prefix.
+    execution = {k: v for values in parse_overrides(args.set or []).values() for k, v in values.items()}
+    outcome = retry_failures(run_dir, args.stage, notebooks_dir=args.notebooks, execution=execution,
+                             log_output=args.verbose)
     if outcome.action == "failed":
         return 1
     if outcome.action == "retried":
@@ -80,14 +86,11 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors_exit_2
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..validation.report import write_report
 
-    try:
-        report = write_report(find_run(args.run, args.runs_dir))
-    except FileNotFoundError as exc:
-        print(f"qcell-nb: error: {exc}", file=sys.stderr)
-        return 2
+    report = write_report(find_run(args.run, args.runs_dir))
     print(f"report written: {report}")
     return 0
 
@@ -98,20 +101,17 @@ EXPORT_FORMATS = {"mace": ("export_mace_extxyz", "dataset_mace.extxyz"),
                   "spice": ("export_spice_hdf5", "dataset_spice.hdf5")}
 
 
+@_user_errors_exit_2
 def _cmd_export(args: argparse.Namespace) -> int:
     from .. import export
 
-    try:
-        run_dir = find_run(args.run, args.runs_dir)
-        dataset = run_dir / "05_reference" / "dataset.db"
-        if not dataset.exists():
-            raise FileNotFoundError(f"{dataset} does not exist: run stage 05 first")
-        function, default_name = EXPORT_FORMATS[args.format]
-        target = args.out or str(run_dir / "05_reference" / default_name)
-        getattr(export, function)(dataset, target)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"qcell-nb: error: {exc}", file=sys.stderr)
-        return 2
+    run_dir = find_run(args.run, args.runs_dir)
+    dataset = run_dir / "05_reference" / "dataset.db"
+    if not dataset.exists():
+        raise FileNotFoundError(f"{dataset} does not exist: run stage 05 first")
+    function, default_name = EXPORT_FORMATS[args.format]
+    target = args.out or str(run_dir / "05_reference" / default_name)
+    getattr(export, function)(dataset, target)
     print(f"{args.format} export written: {target}")
     return 0
 
@@ -131,34 +131,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", help="notebook directory (default: the repository's notebooks/)")
     run.add_argument("-v", "--verbose", action="store_true", help="stream notebook output")
     run.set_defaults(func=_cmd_run)
-    status = sub.add_parser("status", help="each stage's state, counts and time")
-    status.add_argument("run", help="run name or path")
-    status.add_argument("--runs-dir")
+    def on_a_run(name: str, summary: str) -> argparse.ArgumentParser:
+        """A subcommand whose first argument names an existing run."""
+        command = sub.add_parser(name, help=summary)
+        command.add_argument("run", help="run name or path")
+        command.add_argument("--runs-dir", help="where runs live (default ./runs or $QCELL_NB_RUNS)")
+        return command
+
+    status = on_a_run("status", "each stage's state, counts and time")
     status.set_defaults(func=_cmd_status)
-    failures = sub.add_parser("failures", help="list failed items with their error text")
-    failures.add_argument("run", help="run name or path")
+    failures = on_a_run("failures", "list failed items with their error text")
     failures.add_argument("--stage", help="only this stage (default: all)")
-    failures.add_argument("--runs-dir")
     failures.set_defaults(func=_cmd_failures)
-    retry = sub.add_parser("retry", help="recompute the failed items of a stage in place")
-    retry.add_argument("run", help="run name or path")
+    retry = on_a_run("retry", "recompute the failed items of a stage in place")
     retry.add_argument("--stage", default="05_reference", help="stage whose failures to retry (default 05_reference)")
     retry.add_argument("--set", action="append", metavar="NAME=VALUE",
                        help=f"change how it runs: {', '.join(EXECUTION_PARAMETERS[1:4])} "
                             "(e.g. --set executor=tcp://host:8786)")
-    retry.add_argument("--runs-dir")
     retry.add_argument("--notebooks", help="notebook directory (default: the repository's notebooks/)")
     retry.add_argument("-v", "--verbose", action="store_true", help="stream notebook output")
     retry.set_defaults(func=_cmd_retry)
-    report = sub.add_parser("report", help="write report.md (tables, figures) and the validation notebook as HTML")
-    report.add_argument("run", help="run name or path")
-    report.add_argument("--runs-dir")
+    report = on_a_run("report", "write report.md (tables, figures) and the validation notebook as HTML")
     report.set_defaults(func=_cmd_report)
-    exporter = sub.add_parser("export", help="export the labelled dataset for MACE, SO3LR or in SPICE's HDF5 layout")
-    exporter.add_argument("run", help="run name or path")
+    exporter = on_a_run("export", "export the labelled dataset for MACE, SO3LR or in SPICE's HDF5 layout")
     exporter.add_argument("--format", choices=sorted(EXPORT_FORMATS), required=True)
     exporter.add_argument("--out", help="output file (default: beside the dataset in 05_reference/)")
-    exporter.add_argument("--runs-dir")
     exporter.set_defaults(func=_cmd_export)
     return parser
 
