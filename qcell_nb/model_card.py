@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline.manifest import _database_digest, now, package_versions
+from .pipeline.manifest import database_digest, now, package_versions
 from .store import Dataset
 
 CARD_JSON = "model_card.json"
@@ -114,7 +114,7 @@ def dataset_summary(dataset_path: str | os.PathLike) -> dict[str, Any]:
         max_atoms = max(max_atoms, row.natoms)
     level = metadata.get("level_of_theory") or (" | ".join(sorted(levels)) if levels else None)
     return {
-        "file": path.name, "digest": _database_digest(path), "level_of_theory": level,
+        "file": path.name, "digest": database_digest(path), "level_of_theory": level,
         "n_structures": len(dataset), "subsets": dict(sorted(subsets.items())),
         "elements": [chemical_symbols[z] if z > 0 else "MM" for z in sorted(elements)],
         "charges": {str(k): v for k, v in sorted(charges.items())}, "max_atoms": max_atoms,

@@ -52,7 +52,7 @@ def notebook_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _database_digest(path: Path) -> str:
+def database_digest(path: Path) -> str:
     """Content digest of an ASE database: its structure ids and energies.
 
     Hashing the file's bytes would change with row timestamps; the ids and
@@ -79,7 +79,7 @@ def outputs_digest(stage_directory: str | os.PathLike, patterns: tuple[str, ...]
                 continue
             digest.update(str(path.relative_to(root)).encode())
             if path.suffix == ".db":
-                digest.update(_database_digest(path).encode())
+                digest.update(database_digest(path).encode())
             else:
                 digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
