@@ -14,7 +14,7 @@ from ase.build import molecule
 from qcell_nb.model import evaluate, load_model, predict, samples_for, save_model, train
 from qcell_nb.model_card import (CARD_JSON, CARD_MARKDOWN, export_model, import_model, read_model_card,
                                  split_summary, write_model_card)
-from qcell_nb.pipeline.manifest import _database_digest
+from qcell_nb.pipeline.manifest import database_digest
 from qcell_nb.reference import label_missing
 from qcell_nb.splits import split_by_group
 from qcell_nb.store import Dataset
@@ -64,7 +64,7 @@ def test_card_describes_the_data_split_model_and_errors(trained):
     card = json.loads(path.read_text())
     assert card == read_model_card(trained["model_dir"])
     data = card["dataset"]
-    assert data["digest"] == _database_digest(trained["dataset"]) and len(data["digest"]) == 64
+    assert data["digest"] == database_digest(trained["dataset"]) and len(data["digest"]) == 64
     assert data["level_of_theory"] == "PBE0/sto-3g (PySCF DF)"
     assert data["n_structures"] == 10 and data["subsets"] == {"dimers": 5, "ions_water": 5}
     assert data["elements"] == ["H", "O"] and data["charges"] == {"0": 10} and not data["has_mm_sites"]
@@ -114,7 +114,7 @@ def test_export_round_trips_and_guards_the_parameters(trained, tmp_path):
     np.testing.assert_allclose(predict(load_model(tmp_path / "unzipped"), waters, batch_size=n)[0], reference)
     np.testing.assert_allclose(predict(import_model(archive, tmp_path / "imported"), waters, batch_size=n)[0],
                                reference)
-    assert read_model_card(tmp_path / "imported")["dataset"]["digest"] == _database_digest(trained["dataset"])
+    assert read_model_card(tmp_path / "imported")["dataset"]["digest"] == database_digest(trained["dataset"])
     # parameters that no longer match their card are refused
     params = tmp_path / "imported" / "params.msgpack"
     params.write_bytes(params.read_bytes()[:-1] + bytes([params.read_bytes()[-1] ^ 1]))
