@@ -86,6 +86,33 @@ def test_carve_errors(frame):
         restore_mm_charges(Atoms([8, 0], positions=[[0, 0, 0], [3, 0, 0]]))
 
 
+def test_stage_05_carves_ion_box_frames_labels_them_apart_and_records_a_bad_frame(frame, tmp_path):
+    from qcell_nb.mlmm_stage import label_mlmm_stage, read_mlmm_dataset
+
+    run = tmp_path / "run"
+    small = frame.copy()  # a box too small for the MM radius: carving fails, the stage goes on
+    small.set_cell([5.0, 5.0, 5.0])
+    small.info["name"] = "Na+ small box"
+    write_structures(run / "02_sampling" / "structures.db", [frame, small])
+    # three asked, two frames: each picked once, the i-th with qm_waters[i % 2] QM waters
+    counts = label_mlmm_stage(run, 3, [1, 0], 3.0, seed=1, executor="serial", progress=False, **FAST)
+    assert counts == {"mlmm_rows": 1, "mlmm_computed_now": 1, "mlmm_failed": 1}
+    stage = run / "05_reference"
+    assert not (stage / "dataset.db").exists()  # the main dataset gets no MM pseudo-atoms
+    (failure,) = Dataset(stage / "mlmm.db").failures()
+    assert failure["sid"] == structure_id(small) and "half-width" in failure["error"]
+    (row,) = read_mlmm_dataset(run)
+    n_qm = row.info["n_qm"]
+    assert n_qm == 4 and row.info["charge"] == 1 and row.info["parent_id"] == structure_id(frame)
+    assert np.all(row.numbers[n_qm:] == 0) and row.info["n_mm"] > 0
+    np.testing.assert_allclose(row.arrays["mm_charges"][n_qm:].reshape(-1, 3)[:, 0], TIP3P_CHARGES["O"])
+    assert row.get_forces().shape == (len(row), 3) and np.abs(row.get_forces()[n_qm:]).max() > 1e-3
+    # a rerun (resume) computes nothing again; the bad frame is still reported
+    again = label_mlmm_stage(run, 3, [1, 0], 3.0, seed=1, executor="serial", progress=False, **FAST)
+    assert again == {"mlmm_rows": 1, "mlmm_computed_now": 0, "mlmm_failed": 1}
+    assert label_mlmm_stage(run, 0, [1], 3.0) == {}
+
+
 def far_waters(frame: Atoms, distance: float = 5.0) -> list[np.ndarray]:
     """Waters whose oxygen is farther than ``distance`` Å from the ion (minimum image)."""
     from ase.geometry import get_distances
@@ -136,17 +163,33 @@ def labelled_set(frame, tmp_path_factory) -> list[Atoms]:
 
 
 def test_tiny_mlmm_model_gives_qm_and_mm_forces_and_feels_the_charges(labelled_set, tmp_path):
-    from qcell_nb.model import load_model, save_model, train
+    import json
 
-    # One batch of all five training structures: one array shape, so JAX compiles the step once
-    # (each compilation costs tens of seconds on a loaded CPU). Dispersion off: MM sites carry
-    # none, so it tests nothing here and only adds compile time.
-    result = train(labelled_set[:5], None, epochs=3, batch_size=5, features=8, num_iterations=1,
-                   num_basis_functions=8, max_degree=1, dispersion=False, seed=0, progress=False)
-    assert np.isfinite(result.history["train_forces_mae"][-1])
+    from qcell_nb.mlmm_stage import train_mlmm_stage
+    from qcell_nb.model import load_model
+
+    # Stage 06's ML/MM helper, one batch of all five training structures: one array shape, so JAX
+    # compiles the step once (each compilation costs tens of seconds on a loaded CPU). Dispersion
+    # off: MM sites carry none, so it tests nothing here and only adds compile time.
+    metrics = train_mlmm_stage(labelled_set, tmp_path, split={"train": [0, 1, 2, 3, 4], "val": [], "test": [5]},
+                               epochs=3, batch_size=5, features=8, num_iterations=1, num_basis_functions=8,
+                               max_degree=1, dispersion=False, seed=0)
+    assert json.loads((tmp_path / "mlmm_metrics.json").read_text()) == metrics
+    assert (tmp_path / "mlmm_parity.png").exists()
+    result = load_model(tmp_path / "mlmm_model")
     structure = labelled_set[5]
     out = mlmm_forces(result, structure)
     n_qm = structure.info["n_qm"]
+    # the helper's QM and MM errors are those of the QM and MM parts of the prediction
+    assert (metrics["n_test_qm_atoms"], metrics["n_test_mm_sites"]) == (n_qm, len(structure) - n_qm)
+    reference = structure.get_forces()
+    assert metrics["model"]["qm_force_mae_eV_A"] == pytest.approx(
+        np.abs(out["qm_forces"] - reference[:n_qm]).mean(), abs=2e-5)
+    assert metrics["model"]["mm_force_mae_eV_A"] == pytest.approx(
+        np.abs(out["mm_forces"] - reference[n_qm:]).mean(), abs=2e-5)
+    mean_mm = np.concatenate([a.get_forces()[a.info["n_qm"]:] for a in labelled_set[:5]]).mean(axis=0)
+    assert metrics["mean_predictor"]["mm_force_mae_eV_A"] == pytest.approx(
+        np.abs(reference[n_qm:] - mean_mm).mean(), abs=2e-5)
     assert out["qm_forces"].shape == (n_qm, 3) and out["mm_forces"].shape == (len(structure) - n_qm, 3)
     assert np.isfinite(out["energy"]) and np.all(np.isfinite(out["qm_forces"])) and np.all(np.isfinite(out["mm_forces"]))
     assert np.abs(out["mm_forces"]).max() > 1e-4
@@ -155,10 +198,10 @@ def test_tiny_mlmm_model_gives_qm_and_mm_forces_and_feels_the_charges(labelled_s
     moved = structure.copy()
     moved.positions[n_qm] += [0.3, 0.0, 0.0]
     assert abs(mlmm_forces(result, moved)["energy"] - out["energy"]) > 1e-5
-    # a dataset round trip (charges through info) and a saved model give the same prediction
+    # a dataset round trip (charges through info) gives the same prediction
     write_structures(tmp_path / "mlmm.db", [structure])
     (back,) = read_structures(tmp_path / "mlmm.db")
     assert "mm_charges" not in back.arrays
-    again = mlmm_forces(load_model(save_model(tmp_path / "model", result)), back)
+    again = mlmm_forces(result, back)
     assert again["energy"] == pytest.approx(out["energy"], abs=1e-5)
     np.testing.assert_allclose(again["mm_forces"], out["mm_forces"], atol=1e-5)
