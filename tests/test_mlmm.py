@@ -111,6 +111,9 @@ def test_stage_05_carves_ion_box_frames_labels_them_apart_and_records_a_bad_fram
     again = label_mlmm_stage(run, 3, [1, 0], 3.0, seed=1, executor="serial", progress=False, **FAST)
     assert again == {"mlmm_rows": 1, "mlmm_computed_now": 0, "mlmm_failed": 1}
     assert label_mlmm_stage(run, 0, [1], 3.0) == {}
+    # a run without stage 02's ion boxes (stage 05 fed by hand) has nothing to carve and fails nothing
+    assert label_mlmm_stage(tmp_path / "bare", 3, [1], 3.0)["mlmm_failed"] == 0
+    assert not (tmp_path / "bare" / "05_reference" / "mlmm.db").exists()
 
 
 def far_waters(frame: Atoms, distance: float = 5.0) -> list[np.ndarray]:
