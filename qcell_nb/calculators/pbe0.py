@@ -111,6 +111,9 @@ PRESETS: dict[str, dict[str, Any]] = {
               "conv_tol": 1e-9, "conv_tol_grad": None},
 }
 
+#: SCF energy tolerance (Ha) of the coarse-grid pre-convergence (``pre_grid_level``).
+PRE_CONV_TOL = 1e-6
+
 #: Parameters a preset sets.
 PRESET_KEYS = ("basis", "auxbasis", "grid_level", "conv_tol", "conv_tol_grad")
 
@@ -132,6 +135,11 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "conv_tol": 1e-9,  # Ha
     "conv_tol_grad": None,  # orbital gradient norm; None = PySCF's sqrt(conv_tol)
     "max_cycle": 100,
+    # Converge first on this coarser grid (PySCF grids.level) to PRE_CONV_TOL,
+    # then finish on ``grid_level`` from that density (CPU only; None = off;
+    # used when grid_level exceeds it by 2 or more). The final answer is the
+    # fine-grid fixed point either way; see run_scf.
+    "pre_grid_level": 0,
     "mbd": "rsscs",  # "rsscs", "nl" (MBD-NL from the VV polarisability of the density), "ts" or None
     "mbd_beta": None,  # None = libMBD's value for xc (PBE0: 0.85; TS s_R 0.96)
     "charge": None,  # None = atoms.info["charge"] (default 0)
@@ -331,25 +339,52 @@ def _make_scf(mol: gto.Mole, params: dict[str, Any]):
     return mf
 
 
+def _pre_converge(mol: gto.Mole, params: dict[str, Any]):
+    """Density converged on the coarse ``pre_grid_level`` grid, its DF object and cycles (or None, None, 0).
+
+    XC integration on the full grid dominates a DF-PBE0 SCF cycle at these
+    sizes (Gly2/def2-SVP: ~85% of a cycle); most cycles only move the density
+    towards the fixed point, which the level-0 grid (a cycle ~4x cheaper) does
+    as well. Measured on Gly2/def2-SVP, grid 3, conv_tol 1e-9, one core (CPU
+    time): 11 full-grid cycles + check, 49 s; level-0 to 1e-6 Ha (9 cycles,
+    8 s) then 7 full-grid cycles, 35 s; same energy to 3e-9 eV. (Level 1:
+    9 + 5 cycles, 41 s.)
+    """
+    level = params.get("pre_grid_level")
+    if level is None or params.get("_device") == "gpu" or params["grid_level"] < level + 2:
+        return None, None, 0
+    coarse = _make_scf(mol, {**params, "grid_level": level, "conv_tol": max(PRE_CONV_TOL, params["conv_tol"]),
+                             "conv_tol_grad": None})
+    coarse.conv_check = False
+    coarse.kernel()
+    # Converged or not, the coarse density is only a starting guess.
+    return coarse.make_rdm1(), getattr(coarse, "with_df", None), int(getattr(coarse, "cycles", 0))
+
+
 def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     """Converge the SCF, escalating on failure.
 
-    1. default DIIS; 2. level shift 0.25 Ha + damping 0.5 from the last
-    density; 3. second-order (Newton) solver from the last orbitals. Each stage
-    gets ``max_cycle`` cycles.
+    0. (``pre_grid_level``, CPU) converge on a coarse grid to
+    :data:`PRE_CONV_TOL`; its density starts stage 1 and its density-fitting
+    tensors are reused; 1. default DIIS on the full grid; 2. level shift
+    0.25 Ha + damping 0.5 from the last density; 3. second-order (Newton)
+    solver from the last orbitals. Each stage gets ``max_cycle`` cycles.
 
     Returns
     -------
-    mf : SCF object (converged), total cycles used (int)
+    mf : SCF object (converged), total cycles used (int, the coarse ones included)
 
     Raises
     ------
     RuntimeError
         If no stage converges; the message names the structure.
     """
+    dm0, with_df, cycles = _pre_converge(mol, params)
     mf = _make_scf(mol, params)
-    mf.kernel()
-    cycles = int(getattr(mf, "cycles", 0))
+    if with_df is not None:
+        mf.with_df = with_df  # same molecule and auxbasis: the 3-index tensors are built once
+    mf.kernel(dm0=dm0)
+    cycles += int(getattr(mf, "cycles", 0))
     if mf.converged:
         return mf, cycles
 
@@ -433,6 +468,9 @@ class PBE0MBD(Calculator):
         SCF energy (Ha) and orbital-gradient convergence (default 1e-9, sqrt(conv_tol)).
     max_cycle : int
         SCF cycles per rescue stage.
+    pre_grid_level : int or None
+        Converge first on this coarse grid (default 0, from ``grid_level`` 2 up;
+        CPU only), then on ``grid_level``; None: full grid from the start.
     mbd : {"rsscs", "nl", "ts", None}
         Dispersion model (default ``"rsscs"``); ``"nl"`` is MBD-NL with VV polarisabilities
         of the SCF density (see :mod:`qcell_nb.calculators.mbd`).
