@@ -45,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("03_selection", "Fragment selection: representatives by clustering", ("02_sampling",), ("structures.db",)),
     Stage("04_preoptimisation", "Tight-binding pre-optimisation (GFN2-xTB or DFTB3/3ob, optionally +MBD)",
           ("03_selection",), ("structures.db",)),
-    Stage("05_reference", "Reference labels: PBE0+MBD with PySCF", ("04_preoptimisation",), ("dataset.db",)),
+    Stage("05_reference", "Reference labels: PBE0+MBD with PySCF", ("04_preoptimisation",), ("dataset.db", "mlmm.db")),
     Stage("06_training", "Training an e3x force field", ("05_reference",), ("model/*", "split.json")),
     Stage("07_validation", "Validation of data and model", ("05_reference", "06_training"), ("metrics.json",)),
     # The overview runs last: it summarises the run that the stages above produced.
