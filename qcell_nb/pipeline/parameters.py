@@ -31,12 +31,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                               "laminaribiose"],
             "glycopeptides": ["GlcNAc-beta-Asn", "GalNAc-alpha-Ser"],
             # Every sequence alternates purines and pyrimidines, so each also builds as Z-DNA.
-            "dna_sequences": ["CGCGCGC", "ATGCATG", "GCATGCA"], "dna_forms": ["A", "B", "Z"],
+            "dna_sequences": ["CGCGCGC", "ATGCATG"], "dna_forms": ["A", "B", "Z"],
             "rna_sequences": ["GCAUGCA"], "lipids": "all", "ions": "all", "dimer_monomers": "all",
         },
         "02_sampling": {
             "n_embed": 60, "max_conformers": 20, "md_minimisation_iterations": 1000,
-            "dna_equilibration_steps": 2000, "dna_production_steps": 20000, "dna_report_interval": 1000,
+            "dna_equilibration_steps": 2000, "dna_production_steps": 10000, "dna_report_interval": 500,
             "dna_box_padding": 10.0,
             "lipid_n_per_leaflet": 16, "lipid_water_per_lipid": 30, "lipid_pressure": 1.0,
             "lipid_composition": {"POPC": 0.4, "POPE": 0.2, "POPG": 0.1, "POPS": 0.1, "cholesterol": 0.2},
