@@ -83,6 +83,16 @@ def test_report_tables_come_from_the_run_directory(tmp_path):
     assert "| 07_validation | complete | 3.2 |" in text
     assert "| dimers | 0.123 |" in text and "| 01_building_blocks | not run |" in text
     assert f"--stages 07_validation --force" in text
+    assert "## ML/MM" not in text
+
+    training = tmp_path / "06_training"
+    training.mkdir()
+    (training / "mlmm_metrics.json").write_text(json.dumps({
+        "n_train": 5, "n_test": 2, "model": {"qm_force_mae_eV_A": 0.204, "mm_force_mae_eV_A": 0.057},
+        "mean_predictor": {"qm_force_mae_eV_A": 4.895, "mm_force_mae_eV_A": 0.405}}))
+    text = write_report(tmp_path).read_text()
+    assert "5 training and 2 test structures" in text
+    assert "| model | 0.204 | 0.057 |" in text and "| mean_predictor | 4.895 | 0.405 |" in text
 
 
 def _water_dimer_trajectory(oo_distance, n_frames=5):

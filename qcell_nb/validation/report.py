@@ -65,6 +65,20 @@ def _render_html(notebook: Path) -> Path | None:
     return target
 
 
+def _mlmm_section(run_dir: Path) -> list[str]:
+    """Markdown for stage 06's ML/MM test errors (``mlmm_metrics.json``), if that part ran."""
+    path = run_dir / "06_training" / "mlmm_metrics.json"
+    if not path.exists():
+        return []
+    metrics = json.loads(path.read_text())
+    lines = ["## ML/MM", "", f"From `{path.relative_to(run_dir)}`: {metrics.get('n_train', 0)} training and "
+             f"{metrics.get('n_test', 0)} test structures (whole frames held out).", ""]
+    if "note" in metrics:
+        return lines + [metrics["note"], ""]
+    rows = [{"predictor": name, **metrics[name]} for name in ("model", "mean_predictor") if name in metrics]
+    return lines + [_markdown_table(rows), ""]
+
+
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``<run_dir>/report.md`` (and the validation notebook as HTML) and return the report's path.
 
@@ -97,6 +111,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         lines += ["## Validation", "", f"From `{metrics_path.relative_to(run_dir)}`.", ""]
         for name, value in json.loads(metrics_path.read_text()).items():
             lines += _section(name, value)
+
+    lines += _mlmm_section(run_dir)
 
     figures = sorted(p for stage in STAGES for p in (run_dir / stage.name).glob("*.png"))
     if figures:
