@@ -97,8 +97,10 @@ def test_collate_pads_and_masks_missing_labels():
     b.info["hirsh_ratios"] = np.full(6, 0.8)
     b.info["charge"] = 1
     batch = collate(make_samples([a, b], 4.5, EnergyBaseline({1: 0.0, 6: 0.0, 8: 0.0})), num_graphs=4)
-    assert batch["numbers"].shape == (32,) and batch["dst_idx"].shape == (128,)
-    assert batch["atom_mask"].sum() == 9 and batch["pair_mask"].sum() == 6 + 30
+    # 128 ordered pairs of padding: 64 slots, each pair listed once (i < j)
+    assert batch["numbers"].shape == (32,) and batch["pair_i"].shape == (64,)
+    assert batch["atom_mask"].sum() == 9 and batch["pair_mask"].sum() == 3 + 15
+    assert np.all(batch["pair_i"][:18] < batch["pair_j"][:18])
     assert batch["lr_mask"].sum() == 3 + 15 and np.all(batch["lr_dst"][:18] < batch["lr_src"][:18])
     assert batch["energy_mask"].tolist() == [True, False, False, False]
     assert batch["dipole_mask"].tolist() == [True, False, False, False]

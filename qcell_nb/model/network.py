@@ -60,8 +60,9 @@ multiplied by a smooth switch over its last :data:`LONG_RANGE_SWITCH_WIDTH`
 
 Units: positions Å, energies eV, forces eV/Å, charges e, dipoles e·Å.
 
-Shape symbols: ``N`` atoms, ``P`` short-range ordered pairs, ``Q``
-long-range unordered pairs, ``G`` molecules (all padded), ``F`` features,
+Shape symbols: ``N`` atoms, ``P`` short-range pairs (each listed once,
+``i < j``; messages run over the ``2P`` ordered pairs), ``Q`` long-range
+pairs (once each), ``G`` molecules (all padded), ``F`` features,
 ``L`` ``max_degree``, ``S = (L+1)**2 - 1`` Euclidean components.
 
 As before, the network predicts the energy *residual* to a fixed per-element
@@ -242,15 +243,21 @@ class SO3kratesLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, chi: jax.Array, radial: jax.Array, ylm: jax.Array,
-                 cut: jax.Array, dst: jax.Array, src: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``x`` (N, F), ``chi`` (N, S); ``radial`` (P, K), ``ylm`` (P, S), ``cut`` (P,)."""
+                 cut: jax.Array, pair_i: jax.Array, pair_j: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``x`` (N, F), ``chi`` (N, S); ``radial`` (P, K) of the pairs listed once (``pair_i``,
+        ``pair_j``); ``ylm`` (2P, S) and ``cut`` (2P,) of the ordered pairs: first ``i <- j``, then
+        ``j <- i``."""
         F, L, H = self.features, self.max_degree, self.num_heads
         head = F // H
         num_atoms = x.shape[0]
+        dst, src = jnp.concatenate([pair_i, pair_j]), jnp.concatenate([pair_j, pair_i])
         # Pair filters from the radial basis and the Euclidean invariants
-        # <chi_i^l, chi_j^l>; one MLP of both (SO3krates sums two MLPs).
-        chi_dot = _degree_sums(chi[dst] * chi[src], L)  # (P, L)
+        # <chi_i^l, chi_j^l>; one MLP of both (SO3krates sums two MLPs). Both
+        # inputs are symmetric in the pair, so the filter is evaluated once per
+        # pair and used for both directions (this MLP is most of the cost).
+        chi_dot = _degree_sums(chi[pair_i] * chi[pair_j], L)  # (P, L)
         filters = MLP(F, F + L * head)(jnp.concatenate([radial, chi_dot], axis=-1))
+        filters = jnp.concatenate([filters, filters])  # (2P, F + L * head)
         w_inv, w_ev = filters[:, :F], filters[:, F:]
 
         # queries, keys, values of both attentions in one projection
@@ -427,16 +434,20 @@ class SO3LRModel(nn.Module):
         cfg = self.config
         numbers, segments = batch["numbers"], batch["batch_segments"]
         atom_mask, pair_mask = batch["atom_mask"], batch["pair_mask"]
-        dst, src = batch["dst_idx"], batch["src_idx"]
+        pair_i, pair_j = batch["pair_i"], batch["pair_j"]
         num_graphs = batch["graph_mask"].shape[0]
         qm = atom_mask & (numbers > 0)
         mm = atom_mask & (numbers == 0)
 
-        # short-range geometry
-        vectors, r = _displacements(positions, dst, src, pair_mask, 2.0 * cfg.cutoff)
+        # short-range geometry, once per pair (i < j); the reversed pair j <- i has the same
+        # distance and the mirrored direction, Y_l(-r) = (-1)^l Y_l(r)
+        vectors, r = _displacements(positions, pair_i, pair_j, pair_mask, 2.0 * cfg.cutoff)
         cut = e3x.nn.smooth_cutoff(r, cutoff=cfg.cutoff) * pair_mask
         radial = e3x.nn.basic_bernstein(r, cfg.num_basis_functions, limit=cfg.cutoff) * cut[:, None]
         ylm = e3x.so3.spherical_harmonics(vectors / r[:, None], cfg.max_degree, r_is_normalized=True)[:, 1:]
+        parity = np.concatenate([np.full(2 * l + 1, (-1.0) ** l) for l in range(1, cfg.max_degree + 1)])
+        ylm_both = jnp.concatenate([ylm, ylm * parity.astype(ylm.dtype)])
+        cut_both = jnp.concatenate([cut, cut])
 
         x = nn.Embed(MAX_ATOMIC_NUMBER + 1, cfg.features, name="element_embedding")(numbers)
         x = x + ChargeSpinEmbedding(cfg.features, name="charge_embedding")(
@@ -446,7 +457,7 @@ class SO3LRModel(nn.Module):
         chi = jnp.zeros((x.shape[0], (cfg.max_degree + 1) ** 2 - 1), x.dtype)
         for i in range(cfg.num_iterations):
             x, chi = SO3kratesLayer(cfg.features, cfg.max_degree, cfg.num_heads, cfg.avg_num_neighbors,
-                                    name=f"layer_{i}")(x, chi, radial, ylm, cut, dst, src)
+                                    name=f"layer_{i}")(x, chi, radial, ylm_both, cut_both, pair_i, pair_j)
         x = nn.LayerNorm()(x)
 
         # atomic energies with per-element scale and shift
@@ -474,10 +485,9 @@ class SO3LRModel(nn.Module):
 
         zero = jnp.zeros(num_graphs, atomic.dtype)
         if cfg.repulsion:
-            pair_qm = pair_mask & qm[dst] & qm[src]
-            e_pair = ZBLRepulsion(name="repulsion")(numbers[dst], numbers[src], r, cut * pair_qm)
-            # ordered pairs: each interaction is listed twice
-            terms["energy_repulsion"] = 0.5 * jax.ops.segment_sum(e_pair, segments[dst], num_segments=num_graphs)
+            pair_qm = pair_mask & qm[pair_i] & qm[pair_j]
+            e_pair = ZBLRepulsion(name="repulsion")(numbers[pair_i], numbers[pair_j], r, cut * pair_qm)
+            terms["energy_repulsion"] = jax.ops.segment_sum(e_pair, segments[pair_i], num_segments=num_graphs)
         else:
             terms["energy_repulsion"] = zero
         terms["energy_electrostatics"] = terms["energy_dispersion"] = zero
