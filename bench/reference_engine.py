@@ -8,9 +8,15 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     level 3, default conv_tol 1e-9 Ha, PBE0 energy + analytic gradient only)
     on the same molecules, single-threaded (``OMP_NUM_THREADS``), with the
     PBE0 energy and force differences between the two, for glycine oligomers
-    (10 to 150 atoms) in the full mode; the scaling exponents t ~ N^k are
-    fitted. Target: at least 3x faster at under 0.05 kcal/mol energy and
-    0.05 kcal/mol/Å force difference.
+    (default Gly1, Gly3, Gly5: 10, 24, 38 atoms, about an hour on one core;
+    ``--sizes 1 3 7 14 21`` for 10 to 150 atoms on a workstation); the
+    scaling exponents t ~ N^k are fitted. Wall and CPU (process) time are
+    both recorded: on a shared machine the CPU time is the steadier figure.
+    Both are also compared with a tight reference (no density fitting, grid
+    level 5 with grid response, conv_tol 1e-11 Ha) on the structures up to
+    ``--reference-max-atoms`` atoms, so that a difference between the two
+    says which side is off. Target: at least 3x faster at under 0.05 kcal/mol
+    energy and 0.05 kcal/mol/Å force difference.
 (b) MBD@rsSCS energy + forces in JAX (one call, after compilation; the
     compilation time is listed too) against central finite differences of
     pymbd's energy (6N+1 energy calls), with their agreement. Target: at
@@ -21,7 +27,8 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     mode) against CCSD(T)/CBS.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/reference_engine.py --quick
-    OMP_NUM_THREADS=1 .venv/bin/python bench/reference_engine.py            # full: hours on one core
+    OMP_NUM_THREADS=1 .venv/bin/python bench/reference_engine.py            # full: ~1-2 h on one core
+    OMP_NUM_THREADS=1 .venv/bin/python bench/reference_engine.py --sections labels --sizes 1 3 7 14 21
 """
 
 from __future__ import annotations
@@ -57,32 +64,65 @@ def glycine_oligomer(n_residues: int, seed: int = 0) -> Atoms:
                  info={"name": f"Gly{n_residues}"})
 
 
-def default_pyscf(atoms: Atoms, basis: str) -> tuple[float, np.ndarray, float]:
-    """PBE0 energy (eV), forces (eV/Å) and wall time (s) with PySCF's defaults (no DF)."""
+class Timer:
+    """Wall and CPU (process) time of a block; CPU time is the steadier one on a shared machine."""
+
+    def __enter__(self) -> "Timer":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+
+
+def pyscf_pbe0(atoms: Atoms, basis: str, density_fit: bool = False, grid_level: int | None = None,
+               grid_response: bool = False, conv_tol: float | None = None,
+               conv_tol_grad: float | None = None) -> tuple[float, np.ndarray]:
+    """PBE0 energy (eV) and forces (eV/Å) from plain PySCF; the defaults are PySCF's own (no DF)."""
     from pyscf import dft, gto
 
-    start = time.perf_counter()
     mole = gto.M(atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
                  basis=basis, verbose=0)
     mf = dft.RKS(mole)
     mf.xc = "pbe0"
+    if grid_level is not None:
+        mf.grids.level = grid_level
+    if conv_tol is not None:
+        mf.conv_tol = conv_tol
+    if conv_tol_grad is not None:
+        mf.conv_tol_grad = conv_tol_grad
+    if density_fit:
+        mf = mf.density_fit(auxbasis="def2-universal-jkfit")
     mf.kernel()
     if not mf.converged:
-        raise RuntimeError(f"{atoms.info['name']}: default PySCF SCF did not converge")
-    gradient = mf.nuc_grad_method().kernel()
-    return float(mf.e_tot) * Hartree, -np.asarray(gradient) * Hartree / Bohr, time.perf_counter() - start
+        raise RuntimeError(f"{atoms.info['name']}: PySCF SCF did not converge")
+    grad = mf.nuc_grad_method()
+    grad.grid_response = grid_response
+    gradient = grad.kernel()
+    return float(mf.e_tot) * Hartree, -np.asarray(gradient) * Hartree / Bohr
 
 
-def ours(atoms: Atoms, **params) -> tuple[float, np.ndarray, float, dict]:
-    """Our label: PBE0 energy (eV), PBE0 forces (eV/Å, MBD part removed), wall time, full result."""
+def default_pyscf(atoms: Atoms, basis: str) -> tuple[float, np.ndarray, Timer]:
+    """PBE0 energy (eV), forces (eV/Å) and timer with PySCF's defaults (no DF, grid 3, 1e-9 Ha)."""
+    with Timer() as timer:
+        energy, forces = pyscf_pbe0(atoms, basis)
+    return energy, forces, timer
+
+
+def tight_reference(atoms: Atoms, basis: str) -> tuple[float, np.ndarray]:
+    """PBE0 without density fitting, grid level 5 with grid response, conv_tol 1e-11 Ha."""
+    return pyscf_pbe0(atoms, basis, grid_level=5, grid_response=True, conv_tol=1e-11, conv_tol_grad=1e-7)
+
+
+def ours(atoms: Atoms, **params) -> tuple[float, np.ndarray, Timer, dict]:
+    """Our label: PBE0 energy (eV), PBE0 forces (eV/Å, MBD part removed), timer, full result."""
     from qcell_nb.calculators.mbd import mbd_energy_and_forces
     from qcell_nb.calculators.pbe0 import label_structure
 
-    start = time.perf_counter()
-    result = label_structure(atoms, **params)
-    elapsed = time.perf_counter() - start
+    with Timer() as timer:
+        result = label_structure(atoms, **params)
     _, mbd_forces = mbd_energy_and_forces(atoms.positions, atoms.numbers, result["hirsh_ratios"], variant="rsscs")
-    return result["pbe0_energy"], result["forces"] - mbd_forces, elapsed, result
+    return result["pbe0_energy"], result["forces"] - mbd_forces, timer, result
 
 
 def fit_exponent(sizes: list[int], times: list[float]) -> float | None:
@@ -91,7 +131,12 @@ def fit_exponent(sizes: list[int], times: list[float]) -> float | None:
     return float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
 
 
-def bench_labels(structures: list[Atoms], basis: str, grid_level: int) -> dict:
+def _diffs(e_a: float, f_a: np.ndarray, e_b: float, f_b: np.ndarray) -> tuple[float, float]:
+    """|dE| (kcal/mol) and max |dF| (kcal/mol/Å)."""
+    return abs(e_a - e_b) / KCAL_MOL, float(np.abs(f_a - f_b).max()) / KCAL_MOL
+
+
+def bench_labels(structures: list[Atoms], basis: str, grid_level: int, reference_max_atoms: int = 10) -> dict:
     rows = []
     from qcell_nb.calculators.mbd import mbd_energy_and_forces
 
@@ -101,29 +146,47 @@ def bench_labels(structures: list[Atoms], basis: str, grid_level: int) -> dict:
     for atoms in structures:
         mbd_energy_and_forces(atoms.positions, atoms.numbers, np.full(len(atoms), 0.8), variant="rsscs")
     for atoms in structures:
-        e_ref, f_ref, t_ref, = default_pyscf(atoms, basis)
+        load_before = os.getloadavg()[0]
+        e_ref, f_ref, t_ref = default_pyscf(atoms, basis)
         e_our, f_our, t_our, result = ours(atoms, basis=basis, grid_level=grid_level)
+        de, df = _diffs(e_our, f_our, e_ref, f_ref)
         row = {
             "name": atoms.info["name"], "n_atoms": len(atoms), "basis": basis,
-            "t_default_pyscf_s": t_ref, "t_ours_s": t_our, "speedup": t_ref / t_our,
-            "energy_diff_kcal_mol": abs(e_our - e_ref) / KCAL_MOL,
-            "energy_diff_per_atom_kcal_mol": abs(e_our - e_ref) / KCAL_MOL / len(atoms),
-            "max_force_diff_kcal_mol_A": float(np.abs(f_our - f_ref).max()) / KCAL_MOL,
+            "t_default_pyscf_s": t_ref.wall, "t_ours_s": t_our.wall, "speedup": t_ref.wall / t_our.wall,
+            "cpu_default_pyscf_s": t_ref.cpu, "cpu_ours_s": t_our.cpu, "speedup_cpu": t_ref.cpu / t_our.cpu,
+            "energy_diff_kcal_mol": de,
+            "energy_diff_per_atom_kcal_mol": de / len(atoms),
+            "max_force_diff_kcal_mol_A": df,
             "scf_iterations": result["scf_iterations"],
+            "load_average_1min": [load_before, os.getloadavg()[0]],
         }
+        line = (f"  {row['name']:8s} N={row['n_atoms']:4d}  default {t_ref.wall:7.1f} s (cpu {t_ref.cpu:7.1f})  "
+                f"ours {t_our.wall:7.1f} s (cpu {t_our.cpu:7.1f})  x{row['speedup']:5.2f} (cpu x{row['speedup_cpu']:5.2f})  "
+                f"dE {de:.4f} kcal/mol  dF {df:.4f} kcal/mol/Å")
+        if len(atoms) <= reference_max_atoms:
+            e_tight, f_tight = tight_reference(atoms, basis)
+            for side, (e, f) in {"ours": (e_our, f_our), "default": (e_ref, f_ref)}.items():
+                de_t, df_t = _diffs(e, f, e_tight, f_tight)
+                row[f"{side}_vs_tight_energy_kcal_mol"] = de_t
+                row[f"{side}_vs_tight_max_force_kcal_mol_A"] = df_t
+            line += (f"\n           vs tight reference: ours dE {row['ours_vs_tight_energy_kcal_mol']:.4f} "
+                     f"dF {row['ours_vs_tight_max_force_kcal_mol_A']:.4f}; default dE "
+                     f"{row['default_vs_tight_energy_kcal_mol']:.4f} dF {row['default_vs_tight_max_force_kcal_mol_A']:.4f}")
         rows.append(row)
-        print(f"  {row['name']:8s} N={row['n_atoms']:4d}  default {t_ref:8.1f} s  ours {t_our:8.1f} s  "
-              f"x{row['speedup']:5.2f}  dE {row['energy_diff_kcal_mol']:.4f} kcal/mol  "
-              f"dF {row['max_force_diff_kcal_mol_A']:.4f} kcal/mol/Å", flush=True)
+        print(line, flush=True)
     sizes = [r["n_atoms"] for r in rows]
     return {
         "setting_ours": f"label_structure(basis={basis!r}, grid_level={grid_level}): DF def2-universal-jkfit, "
-                        "grid response, conv_tol 1e-9, Hirshfeld + MBD@rsSCS energy and forces",
+                        "grid response, conv_tol 1e-9, coarse-grid (level 0) pre-convergence, "
+                        "Hirshfeld + MBD@rsSCS energy and forces",
         "setting_default": f"pyscf dft.RKS(basis={basis!r}, xc='pbe0') defaults: no DF, grids level 3, conv_tol 1e-9; "
                            "energy + analytic gradient (no Hirshfeld, no MBD)",
+        "setting_tight_reference": "no DF, grids level 5 with grid response, conv_tol 1e-11, conv_tol_grad 1e-7",
         "rows": rows,
         "exponent_default": fit_exponent(sizes, [r["t_default_pyscf_s"] for r in rows]),
         "exponent_ours": fit_exponent(sizes, [r["t_ours_s"] for r in rows]),
+        "exponent_default_cpu": fit_exponent(sizes, [r["cpu_default_pyscf_s"] for r in rows]),
+        "exponent_ours_cpu": fit_exponent(sizes, [r["cpu_ours_s"] for r in rows]),
         "target": "speedup >= 3 at energy and force differences < 0.05 kcal/mol(/Å)",
     }
 
@@ -221,6 +284,25 @@ def bench_dimers(names: list[str], basis: str) -> dict:
     return {"reference": "S22 CCSD(T)/CBS (Takatani et al. 2010, ase.data.s22)", "counterpoise": True, "rows": rows}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small molecules and basis (minutes)")
@@ -228,6 +310,10 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", choices=["labels", "mbd", "convergence", "dimers"],
                         help="run only these sections (default: labels mbd dimers, + convergence with --convergence)")
     parser.add_argument("--max-atoms", type=int, default=10**6, help="skip larger structures in (a)")
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help="glycine residues for (a) (default 1 3 5; 1 3 7 14 21 spans 10-150 atoms)")
+    parser.add_argument("--reference-max-atoms", type=int, default=10,
+                        help="(a): also compare both with a tight reference up to this many atoms")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "reference_engine.json"))
     args = parser.parse_args()
 
@@ -235,9 +321,11 @@ def main() -> None:
         label_structures = [molecule("H2O"), molecule("CH3OH")] + [glycine_oligomer(n) for n in (1, 2)]
         label_basis, mbd_sizes, dimer_names, dimer_basis = "def2-svp", (1, 2, 5, 10), ["Water_dimer"], "def2-svp"
     else:
-        label_structures = [glycine_oligomer(n) for n in (1, 3, 7, 14, 21)]
+        label_structures = [glycine_oligomer(n) for n in (1, 3, 5)]
         label_basis, mbd_sizes = "def2-svp", (1, 3, 7, 14, 21, 42)
         dimer_names, dimer_basis = ["Water_dimer", "Benzene-water_complex"], "def2-tzvp"
+    if args.sizes:
+        label_structures = [glycine_oligomer(n) for n in args.sizes]
     label_structures = [a for a in label_structures if len(a) <= args.max_atoms]
     for atoms in label_structures:
         atoms.info.setdefault("name", atoms.get_chemical_formula())
@@ -251,7 +339,9 @@ def main() -> None:
     if report.get("mode") != ("quick" if args.quick else "full"):
         report = {}
     report.update({"mode": "quick" if args.quick else "full", "host": platform.node(),
-                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})
+                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                   "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "cpu": _cpu_model(),
+                   "pyscf": _version("pyscf")})
 
     def save(section: str, value: dict) -> None:
         report[section] = {**value, "load_average": os.getloadavg()}
@@ -260,8 +350,10 @@ def main() -> None:
 
     if "labels" in sections:
         print(f"(a) PBE0+MBD labels vs default PySCF ({label_basis})")
-        labels = bench_labels(label_structures, label_basis, grid_level=3)
-        print(f"    fitted exponent: default {labels['exponent_default']}, ours {labels['exponent_ours']}")
+        labels = bench_labels(label_structures, label_basis, grid_level=3,
+                              reference_max_atoms=args.reference_max_atoms)
+        print(f"    fitted exponent (wall): default {labels['exponent_default']}, ours {labels['exponent_ours']}; "
+              f"(cpu): default {labels['exponent_default_cpu']}, ours {labels['exponent_ours_cpu']}")
         save("labels", labels)
     if "mbd" in sections:
         print("(b) MBD@rsSCS energy+forces: JAX vs finite differences of pymbd")
