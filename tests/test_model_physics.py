@@ -254,3 +254,40 @@ def test_calculator_reports_ml_mm_results(model):
     np.testing.assert_allclose(system.get_charges(), expected["charges"], atol=1e-10)
     np.testing.assert_allclose(system.get_dipole_moment(), expected["dipole"], atol=1e-10)
     assert system.calc.results["hirsh_ratios"].shape == (8,)
+
+
+def test_calculator_capacities_are_tight_and_stable():
+    from qcell_nb.model.calculator import capacity_for
+
+    for n in list(range(1, 300)) + [1000, 4216, 25035, 100_000]:
+        size = capacity_for(n, slack=0.05)
+        assert n * 1.05 <= size <= max(8, n * 1.05 * 1.07 + 8)
+    assert capacity_for(24, slack=0.0) == 24 and capacity_for(300, slack=0.0) == 304
+    # an MD-like drift of a few per cent stays inside one capacity: no recompilation
+    assert len({capacity_for(n) for n in range(4216, 4400)}) <= 2
+
+
+def test_mm_site_features_depend_on_the_mm_charge(model, tmp_path):
+    from qcell_nb.model import load_model, save_model
+    from qcell_nb.model.network import MM_CHARGE_EMBEDDING
+
+    system = _embedded([3.0, 0.5, 0.0])
+    swapped = system.copy()
+    swapped.arrays["mm_charges"] = system.arrays["mm_charges"].copy()
+    swapped.arrays["mm_charges"][6:] = [0.4, -0.8]  # the same sites with their charges exchanged
+    params = jax.tree.map(lambda x: x, model.params)
+    assert not np.any(np.asarray(params["params"][MM_CHARGE_EMBEDDING]))  # zero: the old model exactly
+    # not a constant vector: the layer norms would remove that
+    params["params"][MM_CHARGE_EMBEDDING] = np.linspace(-1.0, 1.0, model.config.features)
+    tuned = TrainedModel(model.config, model.baseline, params)
+    plain = [r["energy_short"] for r in predict_properties(model, [system, swapped], batch_size=BATCH)]
+    tuned_short = [r["energy_short"] for r in predict_properties(tuned, [system, swapped], batch_size=BATCH)]
+    assert plain[0] == pytest.approx(plain[1], abs=1e-12)  # without the term MM sites are indistinguishable
+    assert abs(tuned_short[0] - tuned_short[1]) > 1e-6
+    # a model saved before the term existed loads with it at zero
+    params = jax.tree.map(lambda x: x, model.params)
+    del params["params"][MM_CHARGE_EMBEDDING]
+    old = load_model(save_model(tmp_path / "old", TrainedModel(model.config, model.baseline, params)))
+    assert not np.any(np.asarray(old.params["params"][MM_CHARGE_EMBEDDING]))
+    assert predict_properties(old, [system], batch_size=BATCH)[0]["energy"] == pytest.approx(
+        predict_properties(model, [system], batch_size=BATCH)[0]["energy"], abs=1e-10)

@@ -30,28 +30,67 @@ def capacity_for(count: int, slack: float = 0.05, minimum: int = 8) -> int:
     return -(-target // step) * step
 
 
-@functools.lru_cache(maxsize=16)
-def _calculator_fn(config: ModelConfig):
-    """Jitted energy, forces and all other outputs of one padded structure.
+@functools.lru_cache(maxsize=64)
+def _calculator_fn(config: ModelConfig, num_atoms: int, num_pairs: int, num_lr: int):
+    """Jitted energy, forces and all other outputs of one structure padded to the given sizes.
 
-    Takes only what inference needs (10 arrays instead of a training batch's 27);
-    masks are rebuilt inside from the real counts, so nothing else is transferred.
+    Inputs travel as one int32 array (counts, numbers, pair lists) and one float array
+    (positions, MM charges, total charge, spin), outputs as one float array: a call moves
+    three buffers instead of a training batch's 27 plus ten results. Masks are rebuilt
+    inside from the real counts. Returns ``(fn, unpack)``.
     """
     model = SO3LRModel(config)
+    int_slices = _slices(("counts", 3), ("numbers", num_atoms), ("pair_i", num_pairs), ("pair_j", num_pairs),
+                         ("lr_i", num_lr), ("lr_j", num_lr))
+    float_slices = _slices(("positions", 3 * num_atoms), ("mm_charges", num_atoms), ("charge_spin", 2))
+    out_slices = _slices(*((key, 1) for key in ("energy",) + _ENERGY_TERMS), ("dipole", 3),
+                         ("forces", 3 * num_atoms), ("charges", num_atoms), ("hirshfeld", num_atoms))
 
     @jax.jit
-    def fn(params, numbers, positions, pair_i, pair_j, lr_i, lr_j, mm_charges, counts, charge_spin):
-        num_atoms, num_pairs, num_lr = counts[0], counts[1], counts[2]
-        atom_mask = jnp.arange(numbers.shape[0]) < num_atoms
-        batch = {"numbers": numbers, "positions": positions, "pair_i": pair_i, "pair_j": pair_j,
-                 "pair_mask": jnp.arange(pair_i.shape[0]) < num_pairs,
-                 "lr_dst": lr_i, "lr_src": lr_j, "lr_mask": jnp.arange(lr_i.shape[0]) < num_lr,
-                 "batch_segments": jnp.zeros(numbers.shape[0], jnp.int32), "atom_mask": atom_mask,
-                 "graph_mask": jnp.ones(1, bool), "total_charge": charge_spin[:1], "spin": charge_spin[1:],
-                 "mm_charges": mm_charges}
-        return predict_batch(model, params, batch)
+    def fn(params, ints, floats):
+        i = {key: ints[part] for key, part in int_slices.items()}
+        f = {key: floats[part] for key, part in float_slices.items()}
+        counts = i["counts"]
+        batch = {"numbers": i["numbers"], "positions": f["positions"].reshape(num_atoms, 3),
+                 "pair_i": i["pair_i"], "pair_j": i["pair_j"], "pair_mask": jnp.arange(num_pairs) < counts[1],
+                 "lr_dst": i["lr_i"], "lr_src": i["lr_j"], "lr_mask": jnp.arange(num_lr) < counts[2],
+                 "batch_segments": jnp.zeros(num_atoms, jnp.int32), "atom_mask": jnp.arange(num_atoms) < counts[0],
+                 "graph_mask": jnp.ones(1, bool), "total_charge": f["charge_spin"][:1],
+                 "spin": f["charge_spin"][1:], "mm_charges": f["mm_charges"]}
+        out = predict_batch(model, params, batch)
+        return jnp.concatenate([out[key].reshape(-1).astype(floats.dtype) for key in out_slices])
 
-    return fn
+    def pack(sample: Sample, dtype) -> tuple[np.ndarray, np.ndarray]:
+        ints = np.zeros(int_slices["lr_j"].stop, np.int32)
+        for key, values in (("counts", [sample.num_atoms, len(sample.pair_i), sample.num_lr_pairs]),
+                            ("numbers", sample.numbers), ("pair_i", sample.pair_i), ("pair_j", sample.pair_j),
+                            ("lr_i", sample.lr_dst), ("lr_j", sample.lr_src)):
+            part = int_slices[key]
+            ints[part.start:part.start + len(values)] = values
+        floats = np.zeros(float_slices["charge_spin"].stop, dtype)
+        floats[:3 * sample.num_atoms] = sample.positions.reshape(-1)
+        part = float_slices["mm_charges"]
+        floats[part.start:part.start + sample.num_atoms] = sample.mm_charges
+        floats[float_slices["charge_spin"]] = sample.total_charge, sample.spin
+        return ints, floats
+
+    def unpack(flat: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        out = {key: np.asarray(flat[part], np.float64) for key, part in out_slices.items()}
+        out["forces"] = out["forces"].reshape(num_atoms, 3)[:n]
+        for key in ("charges", "hirshfeld"):
+            out[key] = out[key][:n]
+        return out
+
+    return fn, pack, unpack
+
+
+def _slices(*parts: tuple[str, int]) -> dict[str, slice]:
+    """Consecutive slices of the given lengths, by name."""
+    out, start = {}, 0
+    for key, length in parts:
+        out[key] = slice(start, start + length)
+        start += length
+    return out
 
 
 class MLCalculator(Calculator):
@@ -110,31 +149,13 @@ class MLCalculator(Calculator):
         config, baseline = self.model.config, self.model.baseline
         sample = make_sample(self.atoms, config.cutoff, baseline, with_labels=False,
                              long_range=config.uses_long_range, long_range_cutoff=config.long_range_cutoff)
-        n_atoms, n_pairs, n_lr = self._capacities(sample)
-        n = sample.num_atoms
-
-        def padded(values, size, dtype):
-            out = np.zeros((size,) + np.shape(values)[1:], dtype)
-            out[:len(values)] = values
-            return out
-
-        float_type = np.float64 if jax.config.jax_enable_x64 else np.float32
-        out = _calculator_fn(config)(
-            self.model.params, padded(sample.numbers, n_atoms, np.int32),
-            padded(sample.positions, n_atoms, float_type),
-            padded(sample.pair_i, n_pairs, np.int32), padded(sample.pair_j, n_pairs, np.int32),
-            padded(sample.lr_dst, n_lr, np.int32), padded(sample.lr_src, n_lr, np.int32),
-            padded(sample.mm_charges, n_atoms, float_type),
-            np.array([n, len(sample.pair_i), sample.num_lr_pairs], np.int32),
-            np.array([sample.total_charge, sample.spin], float_type))
-        out = jax.device_get(out)
+        fn, pack, unpack = _calculator_fn(config, *self._capacities(sample))
+        ints, floats = pack(sample, np.float64 if jax.config.jax_enable_x64 else np.float32)
+        out = unpack(jax.device_get(fn(self.model.params, ints, floats)), sample.num_atoms)
         energy_baseline = baseline.energy(sample.numbers)
-        residual = float(out["energy"][0])
-        self.results = {"energy": residual + energy_baseline, "free_energy": residual + energy_baseline,
-                        "forces": np.asarray(out["forces"][:n], np.float64),
-                        "dipole": np.asarray(out["dipole"][0], np.float64),
-                        "charges": np.asarray(out["charges"][:n], np.float64),
-                        "hirsh_ratios": np.asarray(out["hirshfeld"][:n], np.float64),
+        energy = float(out["energy"][0]) + energy_baseline
+        self.results = {"energy": energy, "free_energy": energy, "forces": out["forces"],
+                        "dipole": out["dipole"], "charges": out["charges"], "hirsh_ratios": out["hirshfeld"],
                         "energy_baseline": energy_baseline}
         for key in _ENERGY_TERMS:
             self.results[key] = float(out[key][0])

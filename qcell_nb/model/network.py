@@ -32,7 +32,10 @@ pair intermediates are (P, F) and (P, (L+1)**2), never (P, (L+1)**2, F).
 
 Embeddings: elements (Z = 1..118, plus Z = 0 for MM point charges), the
 molecule's total charge and its number of unpaired electrons (spin), spread
-over atoms by an attention as in SpookyNet / SO3LR.
+over atoms by an attention as in SpookyNet / SO3LR. An MM site's features
+also get a learned vector times its charge (``mm_charge_embedding``, zero at
+initialisation), so MM sites of different charge (an MM oxygen and an MM
+hydrogen) look different to the short-range model.
 
 Charges: the network predicts raw atomic charges; the difference between
 their sum and the molecule's total charge is spread evenly over the QM
@@ -90,6 +93,8 @@ from qcell_nb.calculators.mbd import FREE_ATOM_PARAMS
 
 #: Embedding and per-element tables cover Z = 0..118; 0 is the MM pseudo-element.
 MAX_ATOMIC_NUMBER = 118
+#: Parameter name of the MM-charge term of the atom embedding (absent from models saved before it).
+MM_CHARGE_EMBEDDING = "mm_charge_embedding"
 #: Coulomb constant e^2 / (4 pi eps0) in eV Å.
 COULOMB = Hartree * Bohr
 #: Width (Å) of the smooth switch that ends the long-range terms at their cutoff.
@@ -450,6 +455,9 @@ class SO3LRModel(nn.Module):
         cut_both = jnp.concatenate([cut, cut])
 
         x = nn.Embed(MAX_ATOMIC_NUMBER + 1, cfg.features, name="element_embedding")(numbers)
+        # zero-initialised, so a model saved before it existed predicts the same (see load_model)
+        mm_vector = self.param(MM_CHARGE_EMBEDDING, nn.initializers.zeros, (cfg.features,), jnp.float32)
+        x = x + jnp.where(mm, batch["mm_charges"], 0.0)[:, None] * mm_vector
         x = x + ChargeSpinEmbedding(cfg.features, name="charge_embedding")(
             x, batch["total_charge"], segments, atom_mask, num_graphs)
         x = x + ChargeSpinEmbedding(cfg.features, name="spin_embedding")(

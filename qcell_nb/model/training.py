@@ -42,7 +42,7 @@ import optax
 from ase import Atoms
 
 from .data import Batch, EnergyBaseline, Sample, batch_padding, fit_baseline, iterate_batches, samples_for
-from .network import ModelConfig, Params, SO3LRModel, init_params, predict_batch
+from .network import MM_CHARGE_EMBEDDING, ModelConfig, Params, SO3LRModel, init_params, predict_batch
 
 FORMAT_VERSION = 2
 _PARAMS_FILE = "params.msgpack"
@@ -446,7 +446,11 @@ def _read_training_state(path: Path, params_template, opt_template, run_key: dic
                          "use another checkpoint_dir or resume=False")
     saved = load_model(path)
     params = flax.serialization.from_state_dict(params_template, saved.params)
-    state = flax.serialization.from_bytes({"opt_state": opt_template}, (path / _STATE_FILE).read_bytes())
+    try:
+        state = flax.serialization.from_bytes({"opt_state": opt_template}, (path / _STATE_FILE).read_bytes())
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path} holds optimiser state for other parameters (written by an older "
+                         f"version of the model?): {error}; use another checkpoint_dir or resume=False") from error
     return {"params": params, "opt_state": state["opt_state"], "history": saved.history,
             "best_epoch": saved.best_epoch, "best_loss": float(meta["best_loss"])}
 
@@ -549,6 +553,9 @@ def load_model(path: str | os.PathLike) -> TrainedModel:
     baseline = EnergyBaseline.from_dict(meta["baseline"])
     state = flax.serialization.msgpack_restore((path / _PARAMS_FILE).read_bytes())
     params = jax.tree.map(jnp.asarray, state)
+    if MM_CHARGE_EMBEDDING not in params.get("params", {}):
+        # saved before MM sites' features depended on their charge: zero is exactly the old model
+        params["params"][MM_CHARGE_EMBEDDING] = jnp.zeros(config.features, jnp.float32)
     if "history" in meta:
         return TrainingResult(config, baseline, params, meta["history"], int(meta.get("best_epoch", -1)))
     return TrainedModel(config, baseline, params)
