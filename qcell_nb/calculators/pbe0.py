@@ -436,18 +436,25 @@ def kohn_sham_matrices(mf) -> dict[str, Any]:
         ``overlap`` (nao, nao); ``orbital_energies`` (nmo,) or (2, nmo), Ha;
         ``orbital_coefficients`` (nao, nmo) or (2, nao, nmo);
         ``occupations``; ``ao_labels`` (list of str, PySCF order, spherical
-        AOs); ``basis`` (str); ``restricted`` (bool). ``F C = S C diag(e)``
-        holds to the SCF convergence.
+        AOs); ``basis`` (str); ``restricted`` (bool). The orbitals are the
+        eigenvectors of the stored matrix, so ``F C = S C diag(e)`` holds to
+        round-off; they differ from the SCF's last orbitals (those of the
+        previous cycle's Fock matrix) within the SCF convergence.
     """
     dm = mf.make_rdm1()
     fock = mf.get_fock(dm=dm)
+    overlap = mf.get_ovlp()
+    # The SCF's mo_energy belong to the Fock matrix one cycle earlier: with few cycles (a
+    # pre-converged start) they miss the stored matrix's eigenvalues by ~1e-6 Ha.
+    orbital_energies, orbital_coefficients = mf.eig(fock, overlap)
+    occupations = mf.get_occ(orbital_energies, orbital_coefficients)
     mol = mf.mol
     return {
         "hamiltonian": _to_numpy(fock),
-        "overlap": _to_numpy(mf.get_ovlp()),
-        "orbital_energies": _to_numpy(mf.mo_energy),
-        "orbital_coefficients": _to_numpy(mf.mo_coeff),
-        "occupations": _to_numpy(mf.mo_occ),
+        "overlap": _to_numpy(overlap),
+        "orbital_energies": _to_numpy(orbital_energies),
+        "orbital_coefficients": _to_numpy(orbital_coefficients),
+        "occupations": _to_numpy(occupations),
         "ao_labels": [label.strip() for label in mol.ao_labels()],
         "basis": mol.basis if isinstance(mol.basis, str) else "custom",
         "restricted": mol.spin == 0,
