@@ -56,12 +56,24 @@ def multiplicity_of(atoms: Atoms) -> int:
     return 1 if n_electrons % 2 == 0 else 2
 
 
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def structure_id(atoms: Atoms) -> str:
     """Identity of a structure: 16 hex digits of a SHA-1 hash.
 
     Hashes atomic numbers, positions rounded to ``POSITION_DECIMALS`` decimals
     in Å, charge and multiplicity. Rounding makes the id stable against
     float noise from a round trip through a file; ``+ 0.0`` folds ``-0.0``.
+    About one digest in 600 reads as a number (all digits, or digits ``e``
+    digits such as ``8459165549e40316``); ASE's database refuses such a string
+    and other tools would turn it into a float, so those ids get an ``x`` in
+    front (17 characters). Every other id is unchanged.
     """
     numbers = np.asarray(atoms.get_atomic_numbers(), dtype=np.int64)
     positions = np.round(np.asarray(atoms.get_positions(), dtype=np.float64), POSITION_DECIMALS) + 0.0
@@ -69,4 +81,5 @@ def structure_id(atoms: Atoms) -> str:
     digest.update(numbers.tobytes())
     digest.update(positions.tobytes())
     digest.update(f"{charge_of(atoms)}/{multiplicity_of(atoms)}".encode())
-    return digest.hexdigest()[:16]
+    sid = digest.hexdigest()[:16]
+    return "x" + sid if _reads_as_number(sid) else sid
