@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -103,7 +104,7 @@ class Trajectory:
 
 def solvate(topology: app.Topology, positions, forcefield: app.ForceField, box_size: Sequence[float], *,
             neutralize: bool = True, positive_ion: str = "Na+", negative_ion: str = "Cl-",
-            ionic_strength: float = 0.0, water_model: str = "tip3p") -> tuple[app.Topology, Any]:
+            ionic_strength: float = 0.0, water_model: str = "tip3p", seed: int = 0) -> tuple[app.Topology, Any]:
     """Put a solute in a rectangular water box.
 
     Args:
@@ -115,6 +116,7 @@ def solvate(topology: app.Topology, positions, forcefield: app.ForceField, box_s
         positive_ion, negative_ion: OpenMM ion names (``"Na+"``, ``"K+"``, ``"Cl-"``, ...).
         ionic_strength: molar; extra salt beyond neutralisation.
         water_model: OpenMM water model name (``"tip3p"``, ``"tip4pew"``, ``"opc"``, ...).
+        seed: chooses the waters that become ions.
 
     Returns:
         (topology, positions) of the solvated system.
@@ -123,9 +125,16 @@ def solvate(topology: app.Topology, positions, forcefield: app.ForceField, box_s
     if box.shape != (3,) or not np.all(box > 0):
         raise ValueError(f"box_size={box_size!r}: need three positive edge lengths in Å")
     modeller = app.Modeller(topology, _quantity(positions))
-    modeller.addSolvent(forcefield, model=water_model, boxSize=openmm.Vec3(*(box / 10.0)) * unit.nanometer,
-                        positiveIon=positive_ion, negativeIon=negative_ion,
-                        ionicStrength=ionic_strength * unit.molar, neutralize=neutralize)
+    # OpenMM picks the waters it replaces by ions with Python's global, unseeded ``random``: seed it
+    # for this call (and put its state back), or each process places the counter-ions differently.
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        modeller.addSolvent(forcefield, model=water_model, boxSize=openmm.Vec3(*(box / 10.0)) * unit.nanometer,
+                            positiveIon=positive_ion, negativeIon=negative_ion,
+                            ionicStrength=ionic_strength * unit.molar, neutralize=neutralize)
+    finally:
+        random.setstate(state)
     return modeller.topology, modeller.positions
 
 

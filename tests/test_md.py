@@ -95,3 +95,26 @@ def test_virtual_sites_can_be_masked_out():
     real = [atom.element is not None for atom in topology.atoms()]
     (frame,) = frames_to_atoms(trajectory, atoms_mask=np.array(real))
     assert len(frame) == sum(real) < topology.getNumAtoms()
+
+
+def test_counter_ions_go_to_the_same_waters_under_the_same_seed():
+    import random
+
+    forcefield = app.ForceField("amber14/tip3p.xml")
+
+    def ion_positions(seed):
+        topology = app.Topology()
+        residue = topology.addResidue("CA", topology.addChain())
+        topology.addAtom("CA", app.Element.getBySymbol("Ca"), residue)
+        solvated, positions = solvate(topology, np.zeros((1, 3)), forcefield, (16.0,) * 3, seed=seed)
+        chloride = [atom.index for atom in solvated.atoms() if atom.residue.name == "CL"]
+        assert len(chloride) == 2  # Ca2+ neutralised
+        return np.asarray(positions.value_in_unit(unit.angstrom))[chloride]
+
+    random.seed(1)  # OpenMM draws from the global generator: its state must not matter
+    first = ion_positions(seed=0)
+    random.seed(2)
+    state = random.getstate()
+    assert np.array_equal(ion_positions(seed=0), first)
+    assert random.getstate() == state  # the caller's random state is left as it was
+    assert not np.array_equal(ion_positions(seed=5), first)

@@ -53,7 +53,7 @@ def _pre_minimise(topology: app.Topology, positions, forcefield: app.ForceField,
                                      constraints=None, rigidWater=False)
     threads = settings.threads or int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
     context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"),
-                             {"Threads": str(threads)})
+                             {"Threads": str(threads), "DeterministicForces": "true"})
     context.setPeriodicBoxVectors(*topology.getPeriodicBoxVectors())
     context.setPositions(positions)
     openmm.LocalEnergyMinimizer.minimize(context, 10.0, int(steps))
@@ -77,7 +77,7 @@ def sample_block(block: Atoms, settings: MDSettings, box_padding: float = 10.0, 
     forcefield = nucleic_acid_forcefield(water_model=water_model)
     box = box_size_for(block, box_padding)
     topology, positions = solvate(topology, positions, forcefield, box, ionic_strength=ionic_strength,
-                                  water_model=water_model)
+                                  water_model=water_model, seed=settings.seed)
     system = forcefield.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=CUTOFF_NM * unit.nanometer,
                                      constraints=app.HBonds, rigidWater=True)
     if pre_minimise_steps:
