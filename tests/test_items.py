@@ -29,3 +29,42 @@ def test_tuples_are_unpacked_and_only_declared_keywords_passed():
     assert failures == [] and built[0].positions[1, 2] == 3.0
     ions, failures = collect(build_ion, ["Na+", "Xx+"], subset="ions_water", seed=1)  # build_ion takes no seed
     assert [a.info["charge"] for a in ions] == [1] and failures[0]["item"] == "Xx+"
+
+
+CALLS: list[str] = []
+
+
+def _count_and_build(name):
+    from qcell_nb.blocks.ions_water import build_ion
+
+    CALLS.append(name)
+    return build_ion(name)
+
+
+def test_a_rerun_reads_finished_items_from_the_checkpoint_and_retries_only_the_failed(tmp_path):
+    CALLS.clear()
+    first, failures = collect(_count_and_build, ["Na+", "Xx+", "Cl-"], subset="ions_water", checkpoint=tmp_path)
+    assert [a.info["name"] for a in first] == ["Na+", "Cl-"] and [f["item"] for f in failures] == ["Xx+"]
+    assert sorted(p.name for p in (tmp_path / "ions_water").iterdir()) == ["0000-Na+.db", "0002-Cl-.db"]
+    CALLS.clear()
+    again, failures = collect(_count_and_build, ["Na+", "Xx+", "Cl-"], subset="ions_water", checkpoint=tmp_path)
+    assert CALLS == ["Xx+"]  # the finished items were not recomputed
+    assert [f["item"] for f in failures] == ["Xx+"]
+    assert [a.info for a in again] == [a.info for a in first]
+    assert all((a.positions == b.positions).all() for a, b in zip(again, first))
+
+
+def test_classes_on_a_local_dask_cluster_come_back_in_the_order_of_the_work():
+    from qcell_nb.blocks.dimers import build_monomer
+    from qcell_nb.blocks.ions_water import build_ion
+    from qcell_nb.pipeline import collect_classes
+
+    work = {"ions_water": (build_ion, ["Ca2+", "Na+", "K+"], {}),
+            "dimers": (build_monomer, ["water", "methane", "no-such-monomer", "ammonia"], {})}
+    serial, serial_failures = collect_classes(work, seed=0)
+    parallel, parallel_failures = collect_classes(work, executor="local", n_workers=2, seed=0)
+    assert [a.info["name"] for a in parallel] == ["Ca2+", "Na+", "K+", "water", "methane", "ammonia"]
+    assert [a.info["name"] for a in parallel] == [a.info["name"] for a in serial]
+    assert all((a.positions == b.positions).all() for a, b in zip(parallel, serial))
+    assert [(f["subset"], f["item"]) for f in parallel_failures] == [("dimers", "no-such-monomer")]
+    assert parallel_failures[0]["error"].split(" (at ")[0] == serial_failures[0]["error"].split(" (at ")[0]

@@ -1,7 +1,8 @@
 """Per-item work inside a stage notebook: one bad item is recorded, the others go on.
 
-Stages 01-03 build, sample and carve in the notebook's own process (their work is small next to
-stage 05's); :func:`collect` runs a step per item, keeps every result, and turns each item's
+Stages 01-03 build, sample and carve per item: :func:`collect_classes` runs each class's step
+on each of its items (here, or side by side on Dask for stage 02's MD), keeps every result,
+checkpoints each item as it finishes so an interrupted stage resumes, and turns each item's
 error into a failure record naming the item. :func:`record_failures` writes them beside the
 stage's outputs (``failures.json``) and counts them in the manifest.
 """
@@ -11,12 +12,14 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
+from ..store import read_structures, write_structures
 from .manifest import record_counts
 
 FAILURES = "failures.json"
@@ -28,7 +31,7 @@ def _name(item: Any) -> str:
     if isinstance(item, (list, tuple)) and item and isinstance(item[0], Atoms):
         return _name(item[0])
     if isinstance(item, tuple):
-        return " ".join(str(part) for part in item)
+        return " ".join(_name(part) for part in item)
     return str(item)
 
 
@@ -40,32 +43,91 @@ def _accepted(step: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any
     return {key: value for key, value in kwargs.items() if key in parameters}
 
 
-def collect(step: Callable[..., Any], items: Iterable[Any], *, subset: str = "", **kwargs: Any
-            ) -> tuple[list[Atoms], list[dict[str, str]]]:
-    """Apply ``step(item, **kwargs)`` to each item; flatten the structures it returns.
+def _run_job(job: tuple[Callable[..., Any], Any, dict[str, Any]]) -> list[Atoms]:
+    """Worker side of :func:`collect_classes`: one step on one item, as a list of structures."""
+    step, item, options = job
+    result = step(*item, **options) if isinstance(item, tuple) else step(item, **options)
+    return [result] if isinstance(result, Atoms) else list(result)
+
+
+def _checkpoint_file(directory: Path, subset: str, index: int, name: str) -> Path:
+    # The index keeps files unique and ordered; the name lets a reader (and a changed item list) tell them apart.
+    slug = re.sub(r"[^A-Za-z0-9+.-]+", "_", name)[:48]
+    return directory / (subset or "items") / f"{index:04d}-{slug}.db"
+
+
+def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]], *,
+                    checkpoint: str | os.PathLike | None = None, executor: str = "serial", n_workers: int = 0,
+                    progress: bool = False, **kwargs: Any) -> tuple[list[Atoms], list[dict[str, str]]]:
+    """Apply each class's step to each of its items; keep every result, record every failure.
 
     Args:
-        step: returns an :class:`ase.Atoms` or a list of them.
-        items: names, structures or any other per-item input; a tuple is unpacked into positional
+        work: subset (QCell class) -> ``(step, items, options)``. ``step(item, **options)`` returns
+            an :class:`ase.Atoms` or a list of them; a tuple item is unpacked into positional
             arguments (``("GCGATCG", "B")`` -> ``step("GCGATCG", "B")``).
-        subset: QCell class, recorded with each failure.
-        kwargs: passed to ``step`` where it declares them, so one call can give ``seed`` to the
-            steps that are random and not to those that are not.
+        checkpoint: a directory where each item's structures are written as soon as the item is done,
+            and read back instead of recomputed when the same call runs again (an interrupted stage
+            resumes there). The files belong to one set of parameters: the pipeline moves a stage's
+            directory aside when its parameters change; a caller reusing a directory by hand must too.
+        executor, n_workers: ``"serial"`` runs the items here, one after another; ``"local"`` (with
+            ``n_workers`` single-threaded worker processes, 0: one per core), a scheduler address or a
+            SLURM spec runs them side by side on Dask (see :func:`qcell_nb.compute.map_items`).
+        progress: show a progress bar.
+        kwargs: common keyword arguments (``seed``, say), passed with each class's options to the steps
+            that declare them, so one call can give ``seed`` to the random steps and not to the others.
 
     Returns:
-        (structures, failures); a failure is ``{"item", "subset", "error"}`` with the error's type and text.
+        (structures, failures) in the order of ``work`` and of its items, whatever order they finished
+        in; a failure is ``{"item", "subset", "error"}`` with the error's type and text. Failed items
+        are not checkpointed, so a rerun tries them again.
     """
-    structures: list[Atoms] = []
-    failures: list[dict[str, str]] = []
-    accepted = _accepted(step, kwargs)
-    for item in items:
-        try:
-            result = step(*item, **accepted) if isinstance(item, tuple) else step(item, **accepted)
-        except Exception as exc:  # noqa: BLE001 - any error of one item is that item's failure
-            failures.append({"item": _name(item), "subset": subset, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        structures.extend([result] if isinstance(result, Atoms) else list(result))
+    from ..compute import map_items  # Dask loads only when a stage maps items
+
+    directory = Path(checkpoint) if checkpoint is not None else None
+    jobs: dict[str, tuple[Callable[..., Any], Any, dict[str, Any]]] = {}
+    labels: dict[str, tuple[str, str, Path | None]] = {}  # key -> (subset, item name, checkpoint file)
+    results: dict[str, list[Atoms]] = {}
+    for subset, (step, items, options) in work.items():
+        accepted = _accepted(step, {**kwargs, **options})
+        for index, item in enumerate(items):
+            key = f"{subset or 'items'}-{index:04d}"
+            name = _name(item)
+            file = _checkpoint_file(directory, subset, index, name) if directory is not None else None
+            labels[key] = (subset, name, file)
+            if file is not None and file.exists():
+                results[key] = read_structures(file)
+            else:
+                jobs[key] = (step, item, accepted)
+    if results:
+        print(f"{len(results)} items already done, read from {directory}; {len(jobs)} to compute", flush=True)
+
+    def keep(key: Hashable, structures: list[Atoms]) -> None:
+        file = labels[key][2]
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            write_structures(file, structures)  # atomic: a crash leaves no half-written item
+        results[key] = structures
+
+    errors: dict[str, str] = {}
+    map_items(_run_job, list(jobs.values()), list(jobs), on_result=keep,
+              on_failure=lambda key, text: errors.__setitem__(key, text), executor=executor,
+              n_workers=n_workers or None, retries=0, progress=progress, description="items")
+    structures = [atoms for key in labels if key in results for atoms in results[key]]
+    failures = [{"item": labels[key][1], "subset": labels[key][0], "error": errors[key]}
+                for key in labels if key in errors]
     return structures, failures
+
+
+def collect(step: Callable[..., Any], items: Iterable[Any], *, subset: str = "",
+            checkpoint: str | os.PathLike | None = None, executor: str = "serial", n_workers: int = 0,
+            **kwargs: Any) -> tuple[list[Atoms], list[dict[str, str]]]:
+    """Apply ``step(item, **kwargs)`` to each item; flatten the structures it returns.
+
+    One class's :func:`collect_classes`: ``subset`` is recorded with each failure, and ``kwargs`` go
+    to ``step`` where it declares them.
+    """
+    return collect_classes({subset: (step, list(items), {})}, checkpoint=checkpoint, executor=executor,
+                           n_workers=n_workers, **kwargs)
 
 
 def record_failures(stage_directory: str | os.PathLike, failures: list[dict[str, str]]) -> None:
