@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from .figures import finish_figure
 from .mlmm import MM_NUMBER, carve_mlmm, label_mlmm_missing, restore_mm_charges
 from .structures import structure_id
 
@@ -269,10 +270,7 @@ def plot_mlmm_parity(test: Sequence[Atoms], pred_forces: Sequence[np.ndarray], p
             ax.set_title(f"{title}: MAE {np.mean(np.abs(pred - ref)):.3f} eV/Å")
         ax.set_xlabel("QM/MM reference force (eV/Å)")
         ax.set_ylabel("ML/MM model force (eV/Å)")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)
 
 
 def plot_mlmm_labels(structures: Sequence[Atoms], path: str | os.PathLike | None = None):
@@ -287,7 +285,4 @@ def plot_mlmm_labels(structures: Sequence[Atoms], path: str | os.PathLike | None
     ax.set_xlabel("|F| of the QM/MM labels (eV/Å)")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)

@@ -25,6 +25,7 @@ from ase import Atoms
 from rdkit import Chem
 
 from .blocks.carbohydrates import sugar_residues
+from .figures import finish_figure
 
 __all__ = ["block_dihedral_indices", "dihedral_features", "dihedral_indices", "glycosidic_dihedral_indices",
            "limit_fragments", "plot_dihedral_coverage", "plot_glycosidic_coverage", "select_representatives"]
@@ -414,10 +415,7 @@ def plot_dihedral_coverage(candidates: Sequence[Atoms], selected: Sequence[Atoms
         ax.set_title(name, fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("torsion (index into dihedral_indices; ring torsions sit near ±60°)")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120 if len(names) <= 12 else 72)
-    return fig
+    return finish_figure(fig, path, dpi=120 if len(names) <= 12 else 72)
 
 
 def plot_glycosidic_coverage(candidates: Sequence[Atoms], selected: Sequence[Atoms], path=None):
@@ -458,10 +456,7 @@ def plot_glycosidic_coverage(candidates: Sequence[Atoms], selected: Sequence[Ato
         ax.set_xlabel(f"{keys[0]} (°)")
         ax.set_ylabel(f"{keys[1]} (°)")
         ax.set_title(name, fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)
 
 
 def limit_fragments(fragments: Sequence[Atoms], max_atoms: int | None = None, max_per_subset: int | None = None,

@@ -28,6 +28,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, vdw_radii
 
+from ..figures import finish_figure
 from ..structures import structure_id
 from .carbohydrates import molecule_from_smiles
 from .ions_water import IONS, build_ion
@@ -346,10 +347,7 @@ def plot_distance_coverage(dimers: Sequence[Atoms], path=None):
     right.scatter(factors, closest, s=8, alpha=0.6)
     right.set_xlabel("scan factor (x contact distance)")
     right.set_ylabel("closest A-B atom distance (Å)")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)
 
 
 def closest_intermolecular_distance(dimer: Atoms) -> float:

@@ -59,6 +59,7 @@ from ase import Atoms
 from ase.geometry import find_mic
 from openmm import app, unit
 
+from ..figures import finish_figure
 from ..md import MDSettings, first_peak, frames_to_atoms, rdf, simulate, solvate
 from ..structures import structure_id
 
@@ -488,7 +489,4 @@ def plot_rdfs(frames: Sequence[Atoms], reference_path: str | os.PathLike | None 
         axis.set_xlabel("r (Å)")
         axis.legend(fontsize=7)
     axes[0][0].set_ylabel("g(r)")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)

@@ -46,6 +46,7 @@ from ase.neighborlist import neighbor_list
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
+from ..figures import finish_figure
 from ..structures import structure_id
 from .carbohydrates import mol_with_geometry, molecule_from_smiles
 
@@ -864,7 +865,4 @@ def plot_radius_of_gyration(fragments: Sequence[Atoms], path: str | os.PathLike 
     axis.set_title("lipid fragments")
     if by_kind:
         axis.legend()
-    figure.tight_layout()
-    if path is not None:
-        figure.savefig(path, dpi=120)
-    return figure
+    return finish_figure(figure, path)

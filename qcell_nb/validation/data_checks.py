@@ -12,6 +12,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from ..figures import finish_figure
 from ..structures import structure_id
 
 #: Å: closer pairs are unphysical for a ground-state fragment.
@@ -87,10 +88,7 @@ def plot_label_distributions(structures: Sequence[Atoms], path=None, outliers: S
     ax_e.legend(fontsize=8)
     title = f"{len(structures)} structures, {len(outliers)} flagged as outliers"
     fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)
 
 
 def element_counts(structures: Sequence[Atoms]) -> dict[str, int]:

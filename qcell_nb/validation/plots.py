@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from ..figures import finish_figure
+
 
 def parity_plot(ref_energies, pred_energies, ref_forces, pred_forces, n_atoms, path=None, title: str = ""):
     """Energy-per-atom and force-component parity plots; saved to ``path`` if given."""
@@ -29,10 +31,7 @@ def parity_plot(ref_energies, pred_energies, ref_forces, pred_forces, n_atoms, p
         lo, hi = ax.get_xlim()
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)
 
 
 def view_structure(atoms: Atoms) -> Any:

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
+from ...figures import finish_figure
+
 __all__ = ["CANONICAL", "bending_angle", "helix_bending_angle", "phosphate_distances",
            "phosphate_triples_angles", "plot_backbone_checks"]
 
@@ -155,7 +157,4 @@ def plot_backbone_checks(structures: Sequence[Atoms], path: str | None = None, f
         ax.set_ylabel("count")
         ax.legend(fontsize=8)
     ax_pp.set_title("dashed: canonical values")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+    return finish_figure(fig, path)
