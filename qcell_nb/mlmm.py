@@ -53,6 +53,12 @@ from .structures import charge_of, structure_id
 #: Atomic number of an MM site (the model's MM pseudo-element).
 MM_NUMBER = 0
 
+
+def mm_sites(atoms: Atoms) -> np.ndarray:
+    """(n_atoms,) bool: True for the MM sites (Z = MM_NUMBER) of an ML/MM structure."""
+    return atoms.numbers == MM_NUMBER
+
+
 #: Elements that form no covalent bonds here (monatomic ions): their natural
 #: radii would otherwise glue an ion to its first-shell waters.
 _IONIC = {3, 4, 11, 12, 19, 20, 37, 38, 55, 56}
@@ -309,7 +315,7 @@ def restore_mm_charges(atoms: Atoms) -> Atoms:
     if "mm_charges" not in atoms.arrays:
         stored = atoms.info.get("mm_charges")
         if stored is None:
-            if np.any(atoms.numbers == MM_NUMBER):
+            if np.any(mm_sites(atoms)):
                 raise ValueError(f"{atoms.info.get('name', 'structure')!r} has MM sites (Z=0) but no mm_charges "
                                  "in arrays or info")
             return atoms
@@ -328,7 +334,7 @@ def split_qm_mm(structure: Atoms) -> tuple[Atoms, np.ndarray, np.ndarray]:
         ValueError: if MM sites (Z = 0) do not all follow the QM atoms, or there is no QM atom.
     """
     restore_mm_charges(structure)
-    mm = structure.numbers == MM_NUMBER
+    mm = mm_sites(structure)
     n_qm = int((~mm).sum())
     name = structure.info.get("name", "structure")
     if n_qm == 0:

@@ -29,7 +29,7 @@ import numpy as np
 from ase import Atoms
 
 from .figures import finish_figure
-from .mlmm import MM_NUMBER, carve_mlmm, label_mlmm_missing, restore_mm_charges
+from .mlmm import carve_mlmm, label_mlmm_missing, mm_sites, restore_mm_charges
 from .structures import structure_id
 
 #: The ML/MM dataset's file name inside stage 05's directory.
@@ -161,7 +161,7 @@ def qm_mm_errors(test: Sequence[Atoms], pred_energies: Sequence[float] | None,
     qm_err, mm_err = [], []
     for atoms, forces in zip(test, pred_forces):
         error = np.asarray(forces) - atoms.get_forces()
-        mm = atoms.numbers == MM_NUMBER
+        mm = mm_sites(atoms)
         qm_err.append(error[~mm].ravel())
         mm_err.append(error[mm].ravel())
     qm_err, mm_err = np.concatenate(qm_err), np.concatenate(mm_err)
@@ -183,11 +183,11 @@ def mean_qm_mm_forces(train: Sequence[Atoms], test: Sequence[Atoms]) -> list[np.
     elements, whose total energies differ by hundreds of eV.)
     """
     forces = [atoms.get_forces() for atoms in train]
-    mm = [atoms.numbers == MM_NUMBER for atoms in train]
+    mm = [mm_sites(atoms) for atoms in train]
     qm_mean = np.mean(np.concatenate([f[~m] for f, m in zip(forces, mm)]), axis=0)
     mm_all = np.concatenate([f[m] for f, m in zip(forces, mm)])
     mm_mean = np.mean(mm_all, axis=0) if len(mm_all) else np.zeros(3)
-    return [np.where((atoms.numbers == MM_NUMBER)[:, None], mm_mean, qm_mean) for atoms in test]
+    return [np.where(mm_sites(atoms)[:, None], mm_mean, qm_mean) for atoms in test]
 
 
 def train_mlmm_stage(structures: Sequence[Atoms], out: str | os.PathLike, *, seed: int = 0,
@@ -236,8 +236,8 @@ def train_mlmm_stage(structures: Sequence[Atoms], out: str | os.PathLike, *, see
     pred_e, pred_f = predict(result, test_set, batch_size=min(16, len(test_set)))
     metrics["model"] = qm_mm_errors(test_set, pred_e, pred_f)
     metrics["mean_predictor"] = qm_mm_errors(test_set, None, mean_qm_mm_forces(train_set, test_set))
-    metrics["n_test_qm_atoms"] = int(sum((a.numbers != MM_NUMBER).sum() for a in test_set))
-    metrics["n_test_mm_sites"] = int(sum((a.numbers == MM_NUMBER).sum() for a in test_set))
+    metrics["n_test_qm_atoms"] = int(sum((~mm_sites(a)).sum() for a in test_set))
+    metrics["n_test_mm_sites"] = int(sum(mm_sites(a).sum() for a in test_set))
     (out / "mlmm_metrics.json").write_text(json.dumps(metrics, indent=1))
     plot_mlmm_parity(test_set, pred_f, out / "mlmm_parity.png")
     model, mean = metrics["model"], metrics["mean_predictor"]
@@ -260,8 +260,8 @@ def plot_mlmm_parity(test: Sequence[Atoms], pred_forces: Sequence[np.ndarray], p
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
     for ax, (title, want_mm) in zip(axes, (("QM atoms", False), ("MM sites", True))):
-        ref = np.concatenate([a.get_forces()[(a.numbers == MM_NUMBER) == want_mm].ravel() for a in test])
-        pred = np.concatenate([np.asarray(f)[(a.numbers == MM_NUMBER) == want_mm].ravel()
+        ref = np.concatenate([a.get_forces()[mm_sites(a) == want_mm].ravel() for a in test])
+        pred = np.concatenate([np.asarray(f)[mm_sites(a) == want_mm].ravel()
                                for a, f in zip(test, pred_forces)])
         ax.plot(ref, pred, ".", alpha=0.5, ms=3)
         if ref.size:
@@ -279,7 +279,7 @@ def plot_mlmm_labels(structures: Sequence[Atoms], path: str | os.PathLike | None
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for title, want_mm in (("QM atoms", False), ("MM sites", True)):
-        norms = [np.linalg.norm(a.get_forces()[(a.numbers == MM_NUMBER) == want_mm], axis=1) for a in structures]
+        norms = [np.linalg.norm(a.get_forces()[mm_sites(a) == want_mm], axis=1) for a in structures]
         values = np.concatenate(norms) if norms else np.zeros(0)
         ax.hist(values, bins=30, alpha=0.6, label=f"{title} ({values.size})")
     ax.set_xlabel("|F| of the QM/MM labels (eV/Å)")
