@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ase.db
+from ase.db.core import convert_str_to_int_float_bool_or_str
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -55,8 +56,9 @@ def _split_info(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             pairs[stored_key] = int(value)
         elif isinstance(value, (float, np.floating)):
             pairs[stored_key] = float(value)
-        elif isinstance(value, str) and stored_key.isidentifier():
-            pairs[stored_key] = value
+        elif (isinstance(value, str) and stored_key.isidentifier()
+              and isinstance(convert_str_to_int_float_bool_or_str(value), str)):
+            pairs[stored_key] = value  # a text that reads as a number or bool ("1e5", "True") ASE refuses: data
         else:
             data[stored_key] = value
     return pairs, data

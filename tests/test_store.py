@@ -48,6 +48,17 @@ def test_an_id_whose_digest_reads_as_a_number_is_written_and_found(tmp_path):
     assert len(structure_id(parent)) == 16  # ordinary ids are unchanged
 
 
+def test_info_texts_that_read_as_numbers_or_bools_round_trip_as_texts(tmp_path):
+    # ASE's database refuses a key-value string that reads as a number or a bool; such texts
+    # (a block named "1e5", a flag "True") go to the row's data and come back as the same strings.
+    atoms = water(label="1e5", flag="True", code="0042", nan_name="nan", tag="B-DNA")
+    write_structures(tmp_path / "s.db", [atoms])
+    (back,) = read_structures(tmp_path / "s.db")
+    assert {k: back.info[k] for k in ("label", "flag", "code", "nan_name", "tag")} == {
+        "label": "1e5", "flag": "True", "code": "0042", "nan_name": "nan", "tag": "B-DNA"}
+    assert read_structures(tmp_path / "s.db", tag="B-DNA")  # ordinary texts stay searchable
+
+
 def test_default_multiplicity_follows_electron_count():
     assert multiplicity_of(water()) == 1
     assert multiplicity_of(water(charge=1)) == 2
