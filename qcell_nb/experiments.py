@@ -58,13 +58,20 @@ def split_comparison(structures: Sequence[Atoms], kinds: Sequence[str], *, test_
 
 
 def learning_curve(structures: Sequence[Atoms], split: dict[str, list[int]], fractions: Sequence[float], *,
-                   seed: int, **train_kwargs: Any) -> list[dict[str, Any]]:
-    """Test errors against training-set size: the first ``fraction`` of a seeded shuffle of the training set."""
+                   seed: int, full: dict[str, Any] | None = None, **train_kwargs: Any) -> list[dict[str, Any]]:
+    """Test errors against training-set size: the first ``fraction`` of a seeded shuffle of the training set.
+
+    ``full``: the :func:`train_and_test`-style row of a model already trained on all of ``split["train"]``
+    with these settings (stage 06's main model); fraction 1 reports it instead of training it again.
+    """
     order = np.random.default_rng(seed).permutation(split["train"])
     rows = []
     for fraction in fractions:
         if not 0 < fraction <= 1:
             raise ValueError(f"learning-curve fraction {fraction!r}: must be in (0, 1]")
+        if fraction == 1 and full is not None:
+            rows.append({"fraction": fraction, **full})
+            continue
         subset = {"train": [int(i) for i in order[:max(1, round(fraction * len(order)))]], "val": split["val"],
                   "test": split["test"]}
         rows.append({"fraction": fraction, **train_and_test(structures, subset, seed=seed, **train_kwargs)})
@@ -72,12 +79,14 @@ def learning_curve(structures: Sequence[Atoms], split: dict[str, list[int]], fra
 
 
 def delta_comparison(structures: Sequence[Atoms], split: dict[str, list[int]], *, seed: int,
-                     **train_kwargs: Any) -> list[dict[str, Any]]:
+                     full: dict[str, Any] | None = None, **train_kwargs: Any) -> list[dict[str, Any]]:
     """The same split learned directly (PBE0+MBD) and as a correction to GFN2-xTB.
 
     Test errors of the delta model are taken on the delta targets: the baseline is added exactly to
     both prediction and reference, so they equal the errors of baseline + model against PBE0+MBD.
+    ``full``: as in :func:`learning_curve`, the direct model's row when it is already trained.
     """
     delta = delta_structures(structures)
-    return [{"target": "PBE0+MBD (direct)", **train_and_test(structures, split, seed=seed, **train_kwargs)},
+    direct = full if full is not None else train_and_test(structures, split, seed=seed, **train_kwargs)
+    return [{"target": "PBE0+MBD (direct)", **direct},
             {"target": "PBE0+MBD - GFN2-xTB (delta)", **train_and_test(delta, split, seed=seed, **train_kwargs)}]
