@@ -1,9 +1,10 @@
-"""Training experiments beyond the main model: nablaDFT splits, learning curves, direct vs delta-learning.
+"""Training experiments beyond the main model: nablaDFT splits, learning curves, direct vs delta-learning,
+model sizes.
 
 Each experiment trains fresh models with the same settings as the main one and reports held-out
 errors, so that the validation stage can show how the model generalises (new conformations, new
-molecules, new scaffolds, unseen classes), how its error falls with data, and what a GFN2-xTB
-baseline buys. All are deterministic under the seed.
+molecules, new scaffolds, unseen classes), how its error falls with data and with model size, and
+what a GFN2-xTB baseline buys. All are deterministic under the seed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ase import Atoms
 from .delta import delta_structures
 from .model import predict, train
 from .splits import nabladft_splits
-from .validation.metrics import KCAL_PER_MOL_IN_EV, errors, reference_labels
+from .validation.metrics import KCAL_PER_MOL_IN_EV, PAPER_FORCE_MAE_KCAL, errors, errors_by_subset, reference_labels
 
 
 def test_errors(model, test: Sequence[Atoms]) -> dict[str, float]:
@@ -90,3 +91,37 @@ def delta_comparison(structures: Sequence[Atoms], split: dict[str, list[int]], *
     direct = full if full is not None else train_and_test(structures, split, seed=seed, **train_kwargs)
     return [{"target": "PBE0+MBD (direct)", **direct},
             {"target": "PBE0+MBD - GFN2-xTB (delta)", **train_and_test(delta, split, seed=seed, **train_kwargs)}]
+
+
+def model_size_comparison(structures: Sequence[Atoms], split: dict[str, list[int]], sizes: Sequence[str], *,
+                          seed: int, main: tuple[str, Any] | None = None, **train_kwargs: Any) -> list[dict[str, Any]]:
+    """Force MAE (kcal/mol/Å) per QCell class and model size on one split, laid out like the paper's table.
+
+    Returns one row per class of the test set (and ``all``): ``subset``, ``n_train``, ``n_test``, a
+    column per size, and ``paper_large`` (the paper's large-model value, None where it has none).
+    ``main``: ``(size, trained model)`` of the model already trained on this split with these settings
+    (stage 06's main model): that size is evaluated, not trained again.
+    """
+    train_set = [structures[i] for i in split["train"]]
+    val_set = [structures[i] for i in split["val"]] or None
+    test_set = [structures[i] for i in split["test"]]
+    if not train_set or not test_set:
+        raise ValueError(f"split has {len(train_set)} training and {len(test_set)} test structures: need both")
+    n_train: dict[str, int] = {}
+    for atoms in train_set:
+        subset = str(atoms.info.get("subset", "unlabelled"))
+        n_train[subset] = n_train.get(subset, 0) + 1
+    table: dict[str, dict[str, Any]] = {}
+    for size in sizes:
+        if main is not None and main[0] == size:
+            model = main[1]
+        else:
+            model = train(train_set, val_set, progress=False, **{**train_kwargs, "size": size, "seed": seed})
+        pred_e, pred_f = predict(model, test_set)
+        for row in errors_by_subset(test_set, pred_e, pred_f, n_train):
+            entry = table.setdefault(row["subset"], {"subset": row["subset"], "n_train": row["n_train"],
+                                                     "n_test": row["n_test"]})
+            entry[size] = row["force_mae_kcal_mol_A"]
+    for subset, entry in table.items():
+        entry["paper_large"] = PAPER_FORCE_MAE_KCAL.get(subset)
+    return list(table.values())

@@ -157,6 +157,10 @@ def test_validation_regenerates_the_checks_and_the_report(smoke_run):
     run_dir = smoke_run["run_dir"]
     metrics = json.loads((run_dir / "07_validation" / "metrics.json").read_text())
     assert {row["subset"] for row in metrics["per_subset"]} >= {"all"}
+    everything = next(row for row in metrics["per_subset"] if row["subset"] == "all")
+    assert everything["dipole_mae_eA"] > 0 and everything["hirshfeld_mae"] > 0  # the smoke labels carry both
+    sizes = {row["subset"]: row for row in metrics["model_sizes"]}
+    assert sizes["all"]["small"] == everything["force_mae_kcal_mol_A"]  # the main model, not a retrained one
     assert {row["subset"] for row in metrics["class_checks"]} >= {"carbohydrates", "ions_water", "lipids", "dimers"}
     assert [row["ion"] for row in metrics["ion_md"]] == ["Na+", "Ca2+"]
     for row in metrics["ion_md"]:

@@ -55,6 +55,23 @@ def test_errors_by_subset_group_and_compare_with_the_paper():
     assert rows["carbohydrates"]["force_mae_kcal_mol_A"] == pytest.approx(0.2 / 0.0433641, rel=1e-4)
     assert rows["carbohydrates"]["paper_force_mae_kcal_mol_A"] == 0.5
     assert rows["all"]["n_train"] == 12 and rows["all"]["n_test"] == 2
+    assert "dipole_mae_eA" not in rows["all"]  # only with predicted properties
+
+
+def test_dipole_and_hirshfeld_errors_per_subset_where_labelled():
+    water = molecule("H2O")
+    water.info.update(subset="ions_water", hirsh_ratios=[0.9, 0.6, 0.6])
+    water.calc = SinglePointCalculator(water, energy=-1.0, forces=np.zeros((3, 3)), dipole=[0.0, 0.0, 0.4])
+    methane = _labelled(molecule("CH4"), -2.0, np.zeros((5, 3)), "carbohydrates")  # no dipole, no ratios
+    predicted = [{"dipole": np.array([0.0, 0.3, 0.1]), "hirshfeld": np.array([0.8, 0.6, 0.9])},
+                 {"dipole": np.zeros(3), "hirshfeld": np.ones(5)}]
+    rows = {row["subset"]: row for row in errors_by_subset([water, methane], np.array([-1.0, -2.0]),
+                                                           [np.zeros((3, 3)), np.zeros((5, 3))],
+                                                           predicted_properties=predicted)}
+    assert rows["ions_water"]["dipole_mae_eA"] == pytest.approx((0.3 + 0.3) / 3, abs=1e-4)
+    assert rows["ions_water"]["hirshfeld_mae"] == pytest.approx((0.1 + 0.3) / 3, abs=1e-4)
+    assert rows["carbohydrates"]["dipole_mae_eA"] is None and rows["carbohydrates"]["hirshfeld_mae"] is None
+    assert rows["all"]["dipole_mae_eA"] == pytest.approx(0.2, abs=1e-4)  # the unlabelled methane does not count
 
 
 def test_nve_conserves_energy_and_a_huge_timestep_is_caught():

@@ -23,7 +23,8 @@ RUN_PARAMETERS = ("run_dir", "seed")
 #: Profiles: stage name -> parameter overrides. ``smoke`` is the notebooks' own defaults.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {},
-    # Hundreds of fragments of every class; hours on a workstation, mostly in stage 05.
+    # Every library and hundreds of sampled fragments; 24 small fragments per class go on to PBE0.
+    # DESIGN.md's budget: about an hour on a laptop (8 cores); several hours on 2 cores, mostly stage 05.
     "demo": {
         "01_building_blocks": {
             "monosaccharides": "all",
@@ -48,16 +49,20 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "03_selection": {
             "n_per_block": 4, "dna_fragment_kinds": ["trimer", "wc_pair", "stacked_pair", "rna_trimer"],
             "dna_max_per_frame": 2, "lipid_fragment_kinds": ["monomer", "dimer", "trimer"], "lipid_max_per_frame": 2,
-            "lipid_unit": "lipid", "lipid_max_chain_carbons": None, "ion_cluster_sizes": [1, 2, 3, 4, 6, 8],
+            # Fatty-acid units of at most 8 chain carbons: whole lipids (75-135 atoms) cost hours each in PBE0.
+            "lipid_unit": "acyl", "lipid_max_chain_carbons": 8, "ion_cluster_sizes": [1, 2, 3, 4, 6, 8],
             "ion_max_per_frame": 2, "dimer_scan_factors": [0.8, 0.9, 1.0, 1.2, 1.4, 1.7, 2.0],
-            "max_atoms": 80, "max_per_subset": 120, "subset_caps": {},
+            # 24 fragments of up to 40 atoms per class (~200 PBE0/def2-SVP labels with the kept frames):
+            # a label costs ~11 CPU-s at 10 atoms and ~150 at 24 (t ~ N^2.8), ~5 CPU-hours in all.
+            "max_atoms": 40, "max_per_subset": 24, "subset_caps": {},
         },
-        "04_preoptimisation": {"keep_frames": 4, "mbd": True},
+        "04_preoptimisation": {"keep_frames": 2, "mbd": True},
         # ML/MM: ions with 1, 2 or 4 QM waters in 6 Å of TIP3P charges, QM/MM-labelled, and a model on them.
-        "05_reference": {"preset": "light", "mlmm_structures": 40, "mlmm_qm_waters": [1, 2, 4], "mlmm_radius": 6.0},
-        "06_training": {"model_size": "medium", "epochs": 300, "batch_size": 16,
+        "05_reference": {"preset": "light", "mlmm_structures": 24, "mlmm_qm_waters": [1, 2, 4], "mlmm_radius": 6.0},
+        "06_training": {"model_size": "medium", "epochs": 150, "batch_size": 16,
                         "evaluate_splits": ["conformations", "molecules", "scaffolds"],
-                        "learning_curve_fractions": [0.25, 0.5, 1.0], "compare_delta": True, "mlmm_epochs": 300},
+                        "learning_curve_fractions": [0.25, 0.5, 1.0], "compare_delta": True,
+                        "compare_model_sizes": ["small", "medium"], "mlmm_epochs": 150},
         "07_validation": {"droplet_waters": 24, "md_steps": 4000, "nve_steps": 2000},
     },
     # The QCell recipe: full libraries, long MD, all fragment sizes, def2-TZVP-class labels.
@@ -93,7 +98,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "06_training": {"model_size": "large", "epochs": 2000, "batch_size": 32, "fixed_shape": False,
                         "evaluate_splits": ["conformations", "molecules", "scaffolds", "subsets"],
                         "test_subsets": ["dimers"], "learning_curve_fractions": [0.1, 0.25, 0.5, 1.0],
-                        "compare_delta": True, "mlmm_epochs": 2000},
+                        "compare_delta": True, "compare_model_sizes": ["small", "medium", "large"],
+                        "mlmm_epochs": 2000},
         "07_validation": {"md_ions": ["Na+", "K+", "Cl-", "Mg2+", "Ca2+"], "droplet_waters": 64,
                           "md_steps": 20000, "nve_steps": 10000},
     },

@@ -59,19 +59,45 @@ PAPER_FORCE_MAE_KCAL = {"nucleic_acids": 0.8, "lipids": 0.6, "carbohydrates": 0.
                         "dimers": 0.8}
 
 
+def property_errors(structures: Sequence[Atoms], predicted: Sequence[dict]) -> dict[str, float | None]:
+    """Dipole MAE (e·Å, over Cartesian components) and Hirshfeld-ratio MAE over the structures that carry
+    those labels (stored calculator dipole, ``info["hirsh_ratios"]``); None where none does.
+
+    ``predicted``: one dict per structure with ``dipole`` (3,) and ``hirshfeld`` (n_atoms,), as
+    :func:`qcell_nb.model.predict_properties` returns them.
+    """
+    from ..model.data import extra_labels_of
+
+    dipole_errors, ratio_errors = [], []
+    for index, (atoms, prediction) in enumerate(zip(structures, predicted)):
+        dipole, _, ratios = extra_labels_of(atoms, index)
+        if dipole is not None:
+            dipole_errors.append(np.abs(np.asarray(prediction["dipole"]) - dipole))
+        if ratios is not None:
+            ratio_errors.append(np.abs(np.asarray(prediction["hirshfeld"]) - ratios))
+    return {"dipole_mae_eA": float(np.mean(np.concatenate(dipole_errors))) if dipole_errors else None,
+            "hirshfeld_mae": float(np.mean(np.concatenate(ratio_errors))) if ratio_errors else None}
+
+
 def errors_by_subset(structures: Sequence[Atoms], pred_energies: np.ndarray, pred_forces: Sequence[np.ndarray],
-                     n_train: dict[str, int] | None = None) -> list[dict]:
+                     n_train: dict[str, int] | None = None,
+                     predicted_properties: Sequence[dict] | None = None) -> list[dict]:
     """One row per QCell subset (plus ``all``): sizes, our errors and the paper's force MAE beside them.
 
     Args:
         structures: labelled test structures (``info["subset"]`` names the class).
         pred_energies: (n,) eV; pred_forces: n arrays (n_atoms_i, 3) eV/Å, in the order of ``structures``.
         n_train: training structures per subset, reported beside the errors.
+        predicted_properties: the model's dipoles and Hirshfeld ratios per structure
+            (:func:`property_errors`); adds their MAE columns.
 
     Returns:
         Rows with ``subset``, ``n_test``, ``n_train``, ``energy_mae_meV_per_atom``, ``force_mae_eV_A``,
-        ``force_mae_kcal_mol_A`` and ``paper_force_mae_kcal_mol_A`` (None where the paper has no value).
+        ``force_mae_kcal_mol_A`` and ``paper_force_mae_kcal_mol_A`` (None where the paper has no value),
+        and with ``predicted_properties`` ``dipole_mae_eA`` and ``hirshfeld_mae``.
     """
+    if predicted_properties is not None and len(predicted_properties) != len(structures):
+        raise ValueError(f"{len(structures)} structures but {len(predicted_properties)} predicted property sets")
     if len(pred_energies) != len(structures) or len(pred_forces) != len(structures):
         raise ValueError(f"{len(structures)} structures but {len(pred_energies)} predicted energies and "
                          f"{len(pred_forces)} force arrays")
@@ -85,11 +111,15 @@ def errors_by_subset(structures: Sequence[Atoms], pred_energies: np.ndarray, pre
         result = errors(ref_e, ref_f, np.asarray(pred_energies)[members], [pred_forces[i] for i in members],
                         [len(a) for a in chosen])
         trained = (sum((n_train or {}).values()) if subset == "all" else (n_train or {}).get(subset))
-        rows.append({
+        row = {
             "subset": subset, "n_test": len(members), "n_train": trained,
             "energy_mae_meV_per_atom": round(result["energy_mae_meV_per_atom"], 3),
             "force_mae_eV_A": round(result["force_mae_eV_A"], 4),
             "force_mae_kcal_mol_A": round(result["force_mae_eV_A"] / KCAL_PER_MOL_IN_EV, 3),
             "paper_force_mae_kcal_mol_A": PAPER_FORCE_MAE_KCAL.get(subset),
-        })
+        }
+        if predicted_properties is not None:
+            extra = property_errors(chosen, [predicted_properties[i] for i in members])
+            row.update({key: None if value is None else round(value, 4) for key, value in extra.items()})
+        rows.append(row)
     return rows
