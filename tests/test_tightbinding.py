@@ -233,3 +233,13 @@ def test_fixed_subsets_get_a_single_point_not_an_optimisation():
     assert not failures and [f.info["name"] for f in frames] == ["water...water", "water"]
     assert np.allclose(frames[0].positions, scan_point.positions) and "xtb_energy" in frames[0].info
     assert not np.allclose(frames[1].positions, strained.positions)
+
+
+def test_cpa_counts_valence_electrons_so_a_cation_loses_its_polarisability():
+    assert tightbinding.valence_electrons([1, 6, 8, 11, 12, 17, 19, 20, 35]).tolist() == [1, 4, 6, 1, 2, 7, 1, 2, 7]
+    # Na+ in water carries about +0.8 e: its valence shell is mostly gone. With all 11 electrons as the
+    # reference it kept 93% of the free atom's 163 bohr^3 and GFN2+MBD optimisations of Na+(H2O)n collapsed.
+    ratios = tightbinding.charge_population_ratios([11, 8, 1], [0.8, -0.6, 0.3])
+    np.testing.assert_allclose(ratios, [0.2, 1.1, 0.7])
+    with pytest.raises(ValueError, match="Z = 1-86"):
+        tightbinding.valence_electrons([0, 8])
