@@ -78,11 +78,12 @@ def test_nve_conserves_energy_and_a_huge_timestep_is_caught():
     cluster = Icosahedron("Ar", noshells=2)
     calculator = LennardJones(sigma=3.4, epsilon=0.0104, rc=10.0, smooth=True)
     stable = run_md(cluster, calculator, steps=400, interval=20, timestep=2.0, temperature=30.0, seed=1)
-    assert stable.stable and len(stable.time) == 21
+    assert stable.stable and len(stable.time) == 21 and stable.simulated_ps == pytest.approx(0.8)
     assert abs(energy_drift(stable)) < 0.05  # meV/atom/ps
     unstable = run_md(cluster, LennardJones(sigma=3.4, epsilon=0.0104, rc=10.0, smooth=True), steps=400,
                       interval=5, timestep=200.0, temperature=3000.0, seed=1)
     assert not unstable.stable and "ps" in unstable.reason
+    assert unstable.simulated_ps > unstable.time[-1]  # the stretch in which it failed counts, though unsaved
 
 
 def test_report_tables_come_from_the_run_directory(tmp_path):

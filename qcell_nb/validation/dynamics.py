@@ -37,6 +37,8 @@ class MDResult:
         time: (n_frames,) ps.
         potential_energy, kinetic_energy: (n_frames,) eV.
         stable: False when the run was stopped early; ``reason`` then says why and at which time.
+        simulated_ps: time integrated (ps), including the last stretch of an unstable run, which
+            saved no frame.
     """
 
     positions: np.ndarray
@@ -47,6 +49,7 @@ class MDResult:
     stable: bool = True
     reason: str = ""
     numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    simulated_ps: float = 0.0
 
     @property
     def total_energy(self) -> np.ndarray:
@@ -128,7 +131,8 @@ def run_md(atoms: Atoms, calculator: Calculator, *, steps: int, interval: int = 
     return MDResult(positions=np.asarray(frames["positions"]).reshape(-1, len(system), 3),
                     cells=np.asarray(frames["cells"]).reshape(-1, 3, 3), time=np.asarray(frames["time"]),
                     potential_energy=np.asarray(frames["potential"]), kinetic_energy=np.asarray(frames["kinetic"]),
-                    stable=not reason, reason=reason, numbers=system.numbers.copy())
+                    stable=not reason, reason=reason, numbers=system.numbers.copy(),
+                    simulated_ps=done * timestep / 1000)
 
 
 def energy_drift(result: MDResult) -> float:

@@ -71,7 +71,7 @@ def ion_droplet_check(frame: Atoms, calculator: Calculator, *, n_waters: int = 2
     langevin = run_md(droplet, calculator, steps=steps, interval=10, timestep=timestep, temperature=temperature,
                       ensemble="langevin", seed=seed)
     row: dict = {"ion": ion, "atoms": len(droplet), "stable": langevin.stable, "reason": langevin.reason,
-                 "ps": round(float(langevin.time[-1]) if len(langevin.time) else 0.0, 3)}
+                 "ps": round(langevin.simulated_ps, 3)}  # an unstable run's last stretch saved no frame
     if langevin.stable and nve_steps:
         start = droplet.copy()
         start.positions = langevin.positions[-1]
