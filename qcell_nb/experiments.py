@@ -18,7 +18,8 @@ from ase import Atoms
 from .delta import delta_structures
 from .model import predict, train
 from .splits import nabladft_splits
-from .validation.metrics import KCAL_PER_MOL_IN_EV, PAPER_FORCE_MAE_KCAL, errors, errors_by_subset, reference_labels
+from .validation.metrics import (KCAL_PER_MOL_IN_EV, PAPER_FORCE_MAE_KCAL, count_by_subset, errors, errors_by_subset,
+                                 reference_labels)
 
 
 def test_errors(model, test: Sequence[Atoms]) -> dict[str, float]:
@@ -30,13 +31,20 @@ def test_errors(model, test: Sequence[Atoms]) -> dict[str, float]:
     return {key: round(float(value), 5) for key, value in result.items()}
 
 
-def train_and_test(structures: Sequence[Atoms], split: dict[str, list[int]], **train_kwargs: Any) -> dict[str, Any]:
-    """Train on ``split["train"]`` (validating on ``split["val"]``) and return test-set errors and sizes."""
+def _split_sets(structures: Sequence[Atoms], split: dict[str, list[int]]
+                ) -> tuple[list[Atoms], list[Atoms] | None, list[Atoms]]:
+    """(train, val or None, test) structures of ``split``; an empty training or test set is an error."""
     train_set = [structures[i] for i in split["train"]]
     val_set = [structures[i] for i in split["val"]] or None
     test_set = [structures[i] for i in split["test"]]
     if not train_set or not test_set:
         raise ValueError(f"split has {len(train_set)} training and {len(test_set)} test structures: need both")
+    return train_set, val_set, test_set
+
+
+def train_and_test(structures: Sequence[Atoms], split: dict[str, list[int]], **train_kwargs: Any) -> dict[str, Any]:
+    """Train on ``split["train"]`` (validating on ``split["val"]``) and return test-set errors and sizes."""
+    train_set, val_set, test_set = _split_sets(structures, split)
     model = train(train_set, val_set, progress=False, **train_kwargs)
     return {"n_train": len(train_set), "n_test": len(test_set), **test_errors(model, test_set)}
 
@@ -102,15 +110,8 @@ def model_size_comparison(structures: Sequence[Atoms], split: dict[str, list[int
     ``main``: ``(size, trained model)`` of the model already trained on this split with these settings
     (stage 06's main model): that size is evaluated, not trained again.
     """
-    train_set = [structures[i] for i in split["train"]]
-    val_set = [structures[i] for i in split["val"]] or None
-    test_set = [structures[i] for i in split["test"]]
-    if not train_set or not test_set:
-        raise ValueError(f"split has {len(train_set)} training and {len(test_set)} test structures: need both")
-    n_train: dict[str, int] = {}
-    for atoms in train_set:
-        subset = str(atoms.info.get("subset", "unlabelled"))
-        n_train[subset] = n_train.get(subset, 0) + 1
+    train_set, val_set, test_set = _split_sets(structures, split)
+    n_train = count_by_subset(train_set)
     table: dict[str, dict[str, Any]] = {}
     for size in sizes:
         if main is not None and main[0] == size:

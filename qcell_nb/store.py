@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import ase.db
-from ase.db.core import convert_str_to_int_float_bool_or_str
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .structures import charge_of, multiplicity_of, structure_id
+from .structures import charge_of, multiplicity_of, reads_as_scalar, structure_id
 
 # ASE reserves these names for its own columns; info keys of the same name
 # are stored under a prefixed key and restored on read.
@@ -56,8 +55,7 @@ def _split_info(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
             pairs[stored_key] = int(value)
         elif isinstance(value, (float, np.floating)):
             pairs[stored_key] = float(value)
-        elif (isinstance(value, str) and stored_key.isidentifier()
-              and isinstance(convert_str_to_int_float_bool_or_str(value), str)):
+        elif isinstance(value, str) and stored_key.isidentifier() and not reads_as_scalar(value):
             pairs[stored_key] = value  # a text that reads as a number or bool ("1e5", "True") ASE refuses: data
         else:
             data[stored_key] = value

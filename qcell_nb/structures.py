@@ -33,6 +33,7 @@ import hashlib
 
 import numpy as np
 from ase import Atoms
+from ase.db.core import convert_str_to_int_float_bool_or_str
 
 SUBSETS = ("carbohydrates", "nucleic_acids", "lipids", "ions_water", "dimers")
 
@@ -56,12 +57,10 @@ def multiplicity_of(atoms: Atoms) -> int:
     return 1 if n_electrons % 2 == 0 else 2
 
 
-def _reads_as_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def reads_as_scalar(text: str) -> bool:
+    """True if ASE's database would read ``text`` as a number or a bool ("1e5", "0042", "True"):
+    it refuses such strings as key-value pairs."""
+    return not isinstance(convert_str_to_int_float_bool_or_str(text), str)
 
 
 def structure_id(atoms: Atoms) -> str:
@@ -82,4 +81,4 @@ def structure_id(atoms: Atoms) -> str:
     digest.update(positions.tobytes())
     digest.update(f"{charge_of(atoms)}/{multiplicity_of(atoms)}".encode())
     sid = digest.hexdigest()[:16]
-    return "x" + sid if _reads_as_number(sid) else sid
+    return "x" + sid if reads_as_scalar(sid) else sid

@@ -59,6 +59,15 @@ PAPER_FORCE_MAE_KCAL = {"nucleic_acids": 0.8, "lipids": 0.6, "carbohydrates": 0.
                         "dimers": 0.8}
 
 
+def count_by_subset(structures: Sequence[Atoms]) -> dict[str, int]:
+    """Structures per QCell class (``info["subset"]``; "unlabelled" where it is missing)."""
+    counts: dict[str, int] = {}
+    for atoms in structures:
+        subset = str(atoms.info.get("subset", "unlabelled"))
+        counts[subset] = counts.get(subset, 0) + 1
+    return counts
+
+
 def property_errors(structures: Sequence[Atoms], predicted: Sequence[dict]) -> dict[str, float | None]:
     """Dipole MAE (e·Å, over Cartesian components) and Hirshfeld-ratio MAE over the structures that carry
     those labels (stored calculator dipole, ``info["hirsh_ratios"]``); None where none does.
