@@ -12,9 +12,12 @@ PYTHON=${PYTHON:-python3}
 if [ "${1:-}" = "test" ]; then
   .venv/bin/python -m pip install --quiet -e ".[test]"
   # pymbd (libmbd's Python side) is optional: our MBD is JAX code; pymbd only cross-checks its energies.
-  # Its PyPI release needs an old poetry-core and no Fortran libmbd (numpy backend, energies only).
+  # Its PyPI release needs an old poetry-core and no Fortran libmbd (numpy backend, energies only), and
+  # its metadata has a requirement that pip >= 24.1 rejects as invalid: an older pip, kept apart in
+  # .venv/legacy-pip, installs it into the venv (the venv's own pip stays current).
   if ! .venv/bin/python -c 'import pymbd' 2>/dev/null; then
-    LIBMBD_PREFIX= PIP_CONSTRAINT="$PWD/.ci/pymbd-build-constraints.txt" \
+    .venv/bin/python -m pip install --quiet --target .venv/legacy-pip "pip<24.1"
+    LIBMBD_PREFIX= PIP_CONSTRAINT="$PWD/.ci/pymbd-build-constraints.txt" PYTHONPATH="$PWD/.venv/legacy-pip" \
       .venv/bin/python -m pip install --quiet "pymbd==0.15.0" \
       || echo "setup.sh: pymbd did not install; the MBD cross-check tests will be skipped"
   fi
