@@ -184,8 +184,14 @@ class Dataset:
         return self.db.select(**selection)
 
     def structures(self, **selection) -> list[Atoms]:
-        """Labelled structures as Atoms with a single-point calculator attached."""
-        return [_row_to_atoms(row) for row in self.db.select(**selection)]
+        """Labelled structures as Atoms with a single-point calculator attached, in structure-id order.
+
+        Rows land in the order their labels arrive, which depends on worker timing and on where
+        an interrupted stage resumed; sorting by ``sid`` gives every reader (splits, training,
+        exports) the same sequence for the same content, so the same dataset trains the same model.
+        """
+        rows = sorted(self.db.select(**selection), key=lambda row: row.sid)
+        return [_row_to_atoms(row) for row in rows]
 
     # --- failures -------------------------------------------------------
     def record_failure(self, sid: str, name: str, stage: str, error: str) -> None:

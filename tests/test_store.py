@@ -100,6 +100,26 @@ def test_dataset_adds_once_and_tracks_failures(tmp_path):
     assert np.allclose(back.get_forces(), forces)
 
 
+def test_dataset_reads_the_same_sequence_whatever_order_the_labels_arrived_in(tmp_path):
+    from qcell_nb.splits import split_by_group
+
+    frames = []
+    for i, name in enumerate(["H2O", "CH4", "NH3", "CH3OH", "C2H6", "HCOOH"]):
+        atoms = molecule(name)
+        atoms.info.update(name=name, subset="dimers", parent_id=f"path{i % 3}")
+        frames.append(atoms)
+    arrived = {}
+    for label, order in (("first", range(6)), ("resumed", [4, 1, 5, 0, 3, 2])):
+        dataset = Dataset(tmp_path / f"{label}.db")
+        for i in order:
+            dataset.add(frames[i], {"energy": -float(i), "forces": np.zeros((len(frames[i]), 3))})
+        arrived[label] = dataset.structures()
+    ids = {label: [structure_id(atoms) for atoms in found] for label, found in arrived.items()}
+    assert ids["first"] == ids["resumed"] == sorted(ids["first"])
+    assert [a.get_potential_energy() for a in arrived["first"]] == [a.get_potential_energy() for a in arrived["resumed"]]
+    assert split_by_group(arrived["first"], 0.34, 0.34) == split_by_group(arrived["resumed"], 0.34, 0.34)
+
+
 def test_dataset_metadata_persists(tmp_path):
     Dataset(tmp_path / "d.db").update_metadata(level_of_theory="PBE0+MBD", units={"energy": "eV"})
     reopened = Dataset(tmp_path / "d.db")
