@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
 from .compute import map_items
+from .store import read_structures, write_structures
 from .structures import structure_id
 
 
@@ -20,7 +23,8 @@ def _optimise_one(atoms: Atoms, **kwargs: Any) -> list[Atoms]:
 
 def preoptimise(structures: list[Atoms], *, method: str = "gfn2-xtb", mbd: bool = False, fmax: float = 0.05,
                 steps: int = 200, keep_frames: int = 1, executor: str = "serial", n_workers: int | None = None,
-                progress: bool = True, fixed_subsets: Sequence[str] = ()) -> tuple[list[Atoms], dict[str, str]]:
+                progress: bool = True, fixed_subsets: Sequence[str] = (),
+                checkpoint: str | os.PathLike | None = None) -> tuple[list[Atoms], list[dict[str, str]]]:
     """Relax each structure with tight binding; keep ``keep_frames`` frames of each path.
 
     ``method`` is ``"gfn2-xtb"`` (tblite), ``"dftb3-3ob"`` (needs ``dftb+``)
@@ -33,25 +37,52 @@ def preoptimise(structures: list[Atoms], *, method: str = "gfn2-xtb", mbd: bool 
     Structures of ``fixed_subsets`` get a single point instead (their geometry is the point:
     a dimer scan relaxed to its minimum would no longer scan anything).
 
-    Returns the frames (in input order) and ``{name or id: error}`` for the
-    structures that failed; a failure never stops the others.
+    ``checkpoint``: a directory where each structure's frames are written (``<structure id>.db``)
+    as soon as it is done, and read back instead of recomputed when the same call runs again, so
+    an interrupted stage or a retry computes only what is missing. The files belong to one set of
+    parameters (the pipeline moves the stage directory aside when they change).
+
+    Returns the frames (in input order) and one failure per structure that failed,
+    ``{"item", "subset", "sid", "error"}`` (the form :func:`qcell_nb.pipeline.record_failures`
+    writes); a failure never stops the others.
     """
     from .calculators.tightbinding import method_label, resolve_method
 
     method = resolve_method(method)
-    keys = [f"{a.info.get('name', 'structure')}#{structure_id(a)}" for a in structures]
+    ids = [structure_id(a) for a in structures]
+    directory = Path(checkpoint) if checkpoint is not None else None
     frames: dict[str, list[Atoms]] = {}
-    failures: dict[str, str] = {}
-    fixed = [str(a.info.get("subset")) in set(fixed_subsets) for a in structures]
+    if directory is not None:
+        frames.update({sid: read_structures(directory / f"{sid}.db") for sid in ids
+                       if (directory / f"{sid}.db").exists()})
+        if frames:
+            print(f"{len(frames)} structures already done, read from {directory}; "
+                  f"{len(set(ids) - set(frames))} to compute", flush=True)
+
+    def keep(sid: str, path: list[Atoms]) -> None:
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            write_structures(directory / f"{sid}.db", path)  # atomic: a crash leaves no half-written item
+        frames[sid] = path
+
+    # One calculation per structure id: a structure listed twice is the same calculation.
+    pending: dict[str, int] = {}
+    for index, sid in enumerate(ids):
+        if sid not in frames:
+            pending.setdefault(sid, index)
+    errors: dict[str, str] = {}
+    fixed_names = set(fixed_subsets)
     for single_point in (False, True):
-        chosen = [i for i, flag in enumerate(fixed) if flag == single_point]
+        chosen = [i for i in pending.values() if (str(structures[i].info.get("subset")) in fixed_names) == single_point]
         if not chosen:
             continue
-        map_items(_optimise_one, [structures[i] for i in chosen], [keys[i] for i in chosen],
-                  on_result=frames.__setitem__, on_failure=failures.__setitem__,
+        map_items(_optimise_one, [structures[i] for i in chosen], [ids[i] for i in chosen],
+                  on_result=keep, on_failure=errors.__setitem__,
                   executor=executor, n_workers=n_workers, progress=progress,
                   description=f"{method_label(method, mbd)} {'single points' if single_point else 'optimisation'}",
                   fmax=fmax, steps=0 if single_point else steps, keep_frames=1 if single_point else keep_frames,
                   method=method, mbd=mbd)
-    ordered = [frame for key in keys if key in frames for frame in frames[key]]
+    ordered = [frame for sid in dict.fromkeys(ids) if sid in frames for frame in frames[sid]]
+    failures = [{"item": str(structures[i].info.get("name", "structure")), "subset": str(structures[i].info.get("subset", "")),
+                 "sid": sid, "error": errors[sid]} for sid, i in pending.items() if sid in errors]
     return ordered, failures

@@ -166,3 +166,34 @@ def test_report_and_export_commands_name_a_missing_run(tmp_path, capsys):
     assert main(["report", "nowhere", "--runs-dir", str(tmp_path)]) == 2
     assert main(["export", "nowhere", "--format", "mace", "--runs-dir", str(tmp_path)]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stage_04_failures_are_listed_and_retried_in_place(tmp_path):
+    """Stage 04 for real (GFN2-xTB on water, serial): a collapsed structure fails, the retry redoes only it."""
+    good = molecule("H2O")
+    good.info.update(name="water", subset="ions_water")
+    collapsed = molecule("H2O")
+    collapsed.positions[1] = collapsed.positions[0] + [0.05, 0.0, 0.0]
+    collapsed.info.update(name="collapsed-water", subset="ions_water")
+    stage03 = tmp_path / "tiny" / "03_selection"
+    stage03.mkdir(parents=True)
+    write_structures(stage03 / "structures.db", [good, collapsed])
+    write_manifest(stage03, {"stage": "03_selection", "status": "complete", "fingerprint": "built by the test"})
+    stage04 = tmp_path / "tiny" / "04_preoptimisation"
+
+    _cli(tmp_path, "run", "--run", "tiny", "--stages", "04")
+    assert read_manifest(stage04)["counts"]["failed"] == 1
+    checkpoint = stage04 / "items" / f"{structure_id(good)}.db"
+    written = checkpoint.stat().st_mtime_ns
+    listing = _cli(tmp_path, "failures", "tiny")
+    assert "04_preoptimisation" in listing.stdout and "collapsed-water" in listing.stdout
+    assert "retry with: qcell-nb retry tiny --stage 04_preoptimisation" in listing.stdout
+
+    retry = _cli(tmp_path, "retry", "tiny", "--stage", "04")
+    assert "1 failed item(s) cleared" in retry.stdout and "1 retried, 1 still failing" in retry.stdout
+    executed = (stage04 / "04_preoptimisation.ipynb").read_text()
+    assert "1 structures already done" in executed and "1 to compute" in executed
+    assert checkpoint.stat().st_mtime_ns == written, "a finished relaxation was recomputed"
+    [again] = stage_failures(tmp_path / "tiny", ["04"])
+    assert again["sid"] == structure_id(collapsed) and not (tmp_path / "tiny" / ".superseded").exists()

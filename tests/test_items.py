@@ -4,6 +4,8 @@ import json
 
 from qcell_nb.blocks.carbohydrates import build_monosaccharide
 from qcell_nb.pipeline import collect, read_counts, record_failures
+from qcell_nb.pipeline.runner import stage_failures
+from qcell_nb.store import read_failures
 
 
 def test_bad_name_is_recorded_and_the_rest_built(tmp_path, capsys):
@@ -12,10 +14,18 @@ def test_bad_name_is_recorded_and_the_rest_built(tmp_path, capsys):
     assert [a.info["name"] for a in built] == ["beta-D-glucopyranose", "alpha-D-glucopyranose"]
     assert len(failures) == 1 and failures[0]["item"] == "beta-D-glucosaurus"
     assert "ValueError" in failures[0]["error"] and "glucosaurus" in failures[0]["error"]
-    record_failures(tmp_path, failures)
-    assert json.loads((tmp_path / "failures.json").read_text()) == failures
-    assert read_counts(tmp_path)["failed"] == 1
+    stage = tmp_path / "01_building_blocks"
+    stage.mkdir()
+    record_failures(stage, failures)
+    [entry] = read_failures(stage / "structures.failures.jsonl")
+    assert (entry["sid"], entry["name"], entry["stage"]) == (
+        "carbohydrates:beta-D-glucosaurus", "beta-D-glucosaurus", "01_building_blocks")
+    assert entry["error"] == failures[0]["error"]
+    assert read_counts(stage)["failed"] == 1
     assert "FAILED carbohydrates beta-D-glucosaurus" in capsys.readouterr().out
+    assert [f["name"] for f in stage_failures(tmp_path, ["01"])] == ["beta-D-glucosaurus"]  # qcell-nb failures
+    record_failures(stage, [])  # the stage ran again and the item built: no longer a failure
+    assert read_failures(stage / "structures.failures.jsonl") == [] and read_counts(stage)["failed"] == 0
 
 
 def test_tuples_are_unpacked_and_only_declared_keywords_passed():

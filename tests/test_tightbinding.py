@@ -212,7 +212,7 @@ def test_preoptimise_passes_method_and_mbd():
             preoptimise([water_dimer()], method="xtb", progress=False)
     frames, failures = preoptimise([water_dimer(), named("H2O", "water")], mbd=True, fmax=0.02,
                                    progress=False)
-    assert failures == {}
+    assert failures == []
     assert [f.info["tb_method"] for f in frames] == ["GFN2-xTB(-D4)+MBD@rsSCS"] * 2
     assert all(f.info["converged"] for f in frames)
 
@@ -243,3 +243,30 @@ def test_cpa_counts_valence_electrons_so_a_cation_loses_its_polarisability():
     np.testing.assert_allclose(ratios, [0.2, 1.1, 0.7])
     with pytest.raises(ValueError, match="Z = 1-86"):
         tightbinding.valence_electrons([0, 8])
+
+
+def test_preoptimise_checkpoints_each_structure_and_recomputes_only_failures(tmp_path, monkeypatch):
+    from ase.build import molecule
+
+    from qcell_nb import preoptimisation
+
+    water, methane = named("H2O", "water"), named("CH4", "methane")
+    broken = molecule("H2O")
+    broken.positions[1] = broken.positions[0] + [0.05, 0, 0]  # atoms 0.05 Å apart
+    broken.info.update(name="collapsed water", subset="ions_water")
+    frames, failures = preoptimisation.preoptimise([water, broken, methane, water], keep_frames=2,
+                                                   progress=False, checkpoint=tmp_path)
+    assert [f["item"] for f in failures] == ["collapsed water"] and failures[0]["subset"] == "ions_water"
+    assert failures[0]["sid"] == structure_id(broken) and "apart" in failures[0]["error"]
+    assert sorted(p.stem for p in tmp_path.glob("*.db")) == sorted([structure_id(water), structure_id(methane)])
+    names = [f.info["name"] for f in frames]
+    assert names == ["water", "water", "methane", "methane"]  # input order, the duplicate computed once
+
+    calls = []
+    real = preoptimisation._optimise_one
+    monkeypatch.setattr(preoptimisation, "_optimise_one", lambda atoms, **kw: calls.append(atoms.info["name"]) or real(atoms, **kw))
+    again, failures_again = preoptimisation.preoptimise([water, broken, methane], keep_frames=2, progress=False,
+                                                        checkpoint=tmp_path)
+    assert set(calls) == {"collapsed water"} and len(failures_again) == 1  # (retried once: map_items retries)
+    assert [f.info["name"] for f in again] == names
+    assert all(np.allclose(a.positions, b.positions) for a, b in zip(again, frames))

@@ -3,8 +3,10 @@
 Stages 01-03 build, sample and carve per item: :func:`collect_classes` runs each class's step
 on each of its items (here, or side by side on Dask for stage 02's MD), keeps every result,
 checkpoints each item as it finishes so an interrupted stage resumes, and turns each item's
-error into a failure record naming the item. :func:`record_failures` writes them beside the
-stage's outputs (``failures.json``) and counts them in the manifest.
+error into a failure record naming the item. :func:`record_failures` writes them into the
+stage's failure table (``structures.failures.jsonl``, the format of stage 05's
+``dataset.failures.jsonl``), where ``qcell-nb failures`` lists them and ``qcell-nb retry`` finds
+them, and counts them in the manifest.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from typing import Any
 
 from ase import Atoms
 
-from ..store import read_structures, write_structures
+from ..store import clear_failures, read_structures, record_failure, write_structures
 from .manifest import record_counts
 
-FAILURES = "failures.json"
+FAILURES = "structures.failures.jsonl"
 
 
 def _name(item: Any) -> str:
@@ -131,9 +133,19 @@ def collect(step: Callable[..., Any], items: Iterable[Any], *, subset: str = "",
 
 
 def record_failures(stage_directory: str | os.PathLike, failures: list[dict[str, str]]) -> None:
-    """Write ``failures.json`` in the stage directory, count them in the manifest and print each one."""
-    path = Path(stage_directory) / FAILURES
-    path.write_text(json.dumps(failures, indent=1))
+    """Make ``failures`` the stage's current failures; count them in the manifest and print each one.
+
+    Each failure is ``{"item", "subset", "error"}`` and optionally ``"sid"`` (a structure id;
+    else ``subset:item`` identifies it). The failure table ``structures.failures.jsonl`` in the
+    stage directory keeps its history: the previous run's failures are marked resolved (the
+    stage ran them again) before this run's are appended.
+    """
+    directory = Path(stage_directory)
+    path = directory / FAILURES
+    clear_failures(path)
+    for failure in failures:
+        sid = failure.get("sid") or f"{failure.get('subset') or 'items'}:{failure['item']}"
+        record_failure(path, sid, failure["item"], directory.name, failure["error"])
     record_counts(stage_directory, failed=len(failures))
     for failure in failures:
         print(f"FAILED {failure.get('subset', '')} {failure['item']}: {failure['error']}")
