@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,17 @@ class HamiltonianStore:
             handle.move(tmp, sid)
             handle.flush()
         return True
+
+    def copy_from(self, source: "HamiltonianStore", sids: Iterable[str]) -> int:
+        """Copy the entries of ``sids`` that ``source`` holds and this file lacks; returns how many."""
+        wanted = (set(sids) & source.ids()) - self.ids()
+        for sid in sorted(wanted):
+            entry = source.read(sid)
+            attributes = {k: v for k, v in entry.items() if k not in _ARRAYS + ("ao_labels", "atomic_numbers",
+                                                                                  "positions", "units")}
+            self.write(sid, entry, atomic_numbers=entry["atomic_numbers"], positions=entry["positions"],
+                       **attributes)
+        return len(wanted)
 
     def read(self, sid: str) -> dict[str, Any]:
         """One structure's entry: arrays, ``ao_labels`` (list of str) and attributes (``units`` as a dict).

@@ -37,6 +37,7 @@ that the model learns to respond to; other molecules need their charges passed e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -386,7 +387,8 @@ def label_mlmm(structure: Atoms, **calc_params: Any) -> Atoms:
 
 def label_mlmm_missing(structures: Sequence[Atoms], dataset: Any, *, stage: str = "05_mlmm",
                        executor: str = "serial", n_workers: int | None = None, retries: int = 1,
-                       progress: bool = True, **calc_params: Any) -> Any:
+                       progress: bool = True, reuse_from: str | os.PathLike | None = None,
+                       **calc_params: Any) -> Any:
     """Stage 05 for ML/MM structures: label those not yet in ``dataset`` and write them as they finish.
 
     Like :func:`qcell_nb.reference.label_missing` (resumable by structure id, failures recorded
@@ -397,6 +399,7 @@ def label_mlmm_missing(structures: Sequence[Atoms], dataset: Any, *, stage: str 
     """
     from .calculators.pbe0 import level_of_theory, resolve_parameters
     from .compute import map_items
+    from .reference import reuse_labels
 
     resolve_parameters(dict(calc_params), n_atoms=0)  # a typo fails here, not once per structure
     dataset.update_metadata(
@@ -405,6 +408,7 @@ def label_mlmm_missing(structures: Sequence[Atoms], dataset: Any, *, stage: str 
                   "the charges without MM-MM Coulomb; forces on QM atoms and on the charges",
         units={"energy": "eV", "forces": "eV/Å", "dipole": "e·Å", "charges": "e"})
     by_id = {structure_id(atoms): atoms for atoms in structures}
+    reuse_labels(dataset, reuse_from, by_id, calc_params)
     done = dataset.done_ids()
     todo = [sid for sid in by_id if sid not in done]
 

@@ -88,7 +88,8 @@ def carve_stage_structures(frames: Sequence[Atoms], n: int, qm_waters: Sequence[
 
 def label_mlmm_stage(run_dir: str | os.PathLike, n_structures: int, qm_waters: Sequence[int], mm_radius: float,
                      *, seed: int = 0, executor: str = "local", n_workers: int | None = None, retries: int = 1,
-                     progress: bool = True, **calc_params: Any) -> dict[str, int]:
+                     progress: bool = True, reuse_from: str | os.PathLike | None = None,
+                     **calc_params: Any) -> dict[str, int]:
     """Stage 05's ML/MM part: carve from stage 02's ion boxes, QM/MM-label into ``05_reference/mlmm.db``.
 
     Resumable like the main labels: structures already in ``mlmm.db`` are not computed again.
@@ -100,6 +101,8 @@ def label_mlmm_stage(run_dir: str | os.PathLike, n_structures: int, qm_waters: S
         mm_radius: Å, see :func:`qcell_nb.mlmm.carve_mlmm`.
         seed: picks the frames.
         executor, n_workers, retries, progress: as for :func:`qcell_nb.reference.label_missing`.
+        reuse_from: an earlier ``05_reference`` directory whose ``mlmm.db`` rows for these
+            structures are copied when labelled with the same settings (a superseded stage).
         calc_params: the PBE0+MBD settings of the main labels (preset or basis/grid, mbd, device).
 
     Returns:
@@ -129,7 +132,8 @@ def label_mlmm_stage(run_dir: str | os.PathLike, n_structures: int, qm_waters: S
           f"({len(carve_failures)} could not be carved), {sum(structure_id(a) in done for a in structures)} "
           "already labelled", flush=True)
     summary = label_mlmm_missing(structures, dataset, stage=MLMM_STAGE, executor=executor, n_workers=n_workers,
-                                 retries=retries, progress=progress, **calc_params)
+                                 retries=retries, progress=progress,
+                                 reuse_from=Path(reuse_from) / MLMM_DATASET if reuse_from else None, **calc_params)
     dataset.update_metadata(mlmm_carving={"n_structures": int(n_structures), "qm_waters": [int(k) for k in qm_waters],
                                           "mm_radius": float(mm_radius), "seed": int(seed),
                                           "frames": "02_sampling ions_water"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ def _optimise_one(atoms: Atoms, **kwargs: Any) -> list[Atoms]:
 def preoptimise(structures: list[Atoms], *, method: str = "gfn2-xtb", mbd: bool = False, fmax: float = 0.05,
                 steps: int = 200, keep_frames: int = 1, executor: str = "serial", n_workers: int | None = None,
                 progress: bool = True, fixed_subsets: Sequence[str] = (),
-                checkpoint: str | os.PathLike | None = None) -> tuple[list[Atoms], list[dict[str, str]]]:
+                checkpoint: str | os.PathLike | None = None,
+                reuse: str | os.PathLike | None = None) -> tuple[list[Atoms], list[dict[str, str]]]:
     """Relax each structure with tight binding; keep ``keep_frames`` frames of each path.
 
     ``method`` is ``"gfn2-xtb"`` (tblite), ``"dftb3-3ob"`` (needs ``dftb+``)
@@ -40,7 +42,9 @@ def preoptimise(structures: list[Atoms], *, method: str = "gfn2-xtb", mbd: bool 
     ``checkpoint``: a directory where each structure's frames are written (``<structure id>.db``)
     as soon as it is done, and read back instead of recomputed when the same call runs again, so
     an interrupted stage or a retry computes only what is missing. The files belong to one set of
-    parameters (the pipeline moves the stage directory aside when they change).
+    parameters (the pipeline moves the stage directory aside when they change). ``reuse``: an
+    earlier checkpoint directory made with the same settings (a superseded stage's ``items/``);
+    its files for these structures are copied into ``checkpoint`` instead of being recomputed.
 
     Returns the frames (in input order) and one failure per structure that failed,
     ``{"item", "subset", "sid", "error"}`` (the form :func:`qcell_nb.pipeline.record_failures`
@@ -52,6 +56,13 @@ def preoptimise(structures: list[Atoms], *, method: str = "gfn2-xtb", mbd: bool 
     ids = [structure_id(a) for a in structures]
     directory = Path(checkpoint) if checkpoint is not None else None
     frames: dict[str, list[Atoms]] = {}
+    if directory is not None and reuse and Path(reuse).is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        copied = [sid for sid in dict.fromkeys(ids) if (Path(reuse) / f"{sid}.db").exists()
+                  and not (directory / f"{sid}.db").exists()]
+        for sid in copied:
+            shutil.copy2(Path(reuse) / f"{sid}.db", directory / f"{sid}.db")
+        print(f"{len(copied)} relaxations reused from {reuse} (same structures, same settings)", flush=True)
     if directory is not None:
         frames.update({sid: read_structures(directory / f"{sid}.db") for sid in ids
                        if (directory / f"{sid}.db").exists()})

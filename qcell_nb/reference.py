@@ -11,7 +11,10 @@ kept as it is).
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,10 +35,36 @@ def _label_one(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
     return label_structure(atoms, **calc_params)
 
 
+def _settings_text(calc_params: dict[str, Any] | None) -> str:
+    return json.dumps(calc_params, sort_keys=True, default=str)
+
+
+def reuse_labels(dataset: Dataset, source: str | os.PathLike | None, sids: Iterable[str],
+                 calc_params: dict[str, Any]) -> list[str]:
+    """Copy into ``dataset`` the rows of ``sids`` that the dataset at ``source`` already labelled.
+
+    Only when ``source`` was labelled with the same calculator parameters (its metadata says
+    so); otherwise nothing is copied and the reason is printed. This is how a stage whose inputs
+    changed keeps the labels of the structures that did not: the runner points ``source`` at the
+    superseded stage directory's dataset. Returns the ids copied.
+    """
+    if not source or "://" not in str(source) and not Path(source).exists():
+        return []
+    previous = Dataset(source)
+    if _settings_text(previous.metadata.get("calculator_parameters")) != _settings_text(calc_params):
+        print(f"labels in {source} were computed with other settings "
+              f"({previous.metadata.get('calculator_parameters')}): none reused", flush=True)
+        return []
+    copied = dataset.adopt_rows(previous, sids)
+    print(f"{len(copied)} labels reused from {source} (same structures, same settings)", flush=True)
+    return copied
+
+
 def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05_reference",
                   executor: str = "local", n_workers: int | None = None, retries: int = 1,
                   progress: bool = True, store_hamiltonian: bool = False,
-                  hamiltonian_path: str | os.PathLike | None = None, **calc_params: Any) -> MapSummary:
+                  hamiltonian_path: str | os.PathLike | None = None,
+                  reuse_from: str | os.PathLike | None = None, **calc_params: Any) -> MapSummary:
     """Label the structures not yet in ``dataset``; record failures in its failure table.
 
     Parameters
@@ -45,6 +74,10 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
     store_hamiltonian:
         Also store the Kohn-Sham matrix, overlap and orbitals of each
         structure in ``hamiltonian_path`` (default: ``<dataset>.hamiltonians.h5``).
+    reuse_from:
+        An earlier dataset (a superseded stage's ``dataset.db``): its rows for these structures
+        are copied instead of recomputed when it was labelled with the same settings
+        (:func:`reuse_labels`), with their Kohn-Sham matrices when those are stored.
     calc_params:
         Go to :func:`qcell_nb.calculators.pbe0.label_structure` (preset, basis,
         mbd variant, grid level, device, ...).
@@ -52,6 +85,7 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
     from .calculators.pbe0 import level_of_theory, resolve_parameters
 
     resolve_parameters(calc_params, n_atoms=0)  # a typo fails here, not once per structure
+    settings = dict(calc_params)
     dataset.update_metadata(
         level_of_theory=level_of_theory(**calc_params), calculator_parameters=calc_params,
         units={"energy": "eV", "forces": "eV/Å", "dipole": "e·Å", "charges": "e (Hirshfeld)"},
@@ -64,6 +98,9 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
         dataset.update_metadata(hamiltonians=str(hamiltonians.path))
         calc_params = {**calc_params, "kohn_sham_matrices": True}
     by_id = {structure_id(atoms): atoms for atoms in structures}
+    reused = reuse_labels(dataset, reuse_from, by_id, settings)
+    if hamiltonians is not None and reused and reuse_from and "://" not in str(reuse_from):
+        hamiltonians.copy_from(HamiltonianStore(hamiltonians_path(reuse_from)), reused)
     done = dataset.done_ids()
     if hamiltonians is not None:
         done &= hamiltonians.ids()

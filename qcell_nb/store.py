@@ -193,6 +193,23 @@ class Dataset:
         rows = sorted(self.db.select(**selection), key=lambda row: row.sid)
         return [_row_to_atoms(row) for row in rows]
 
+    def adopt_rows(self, source: "Dataset", sids: Iterable[str]) -> list[str]:
+        """Copy verbatim the rows of ``sids`` that ``source`` holds and this dataset lacks.
+
+        Positions, calculator results, key-value pairs and data are copied as they are; the
+        caller checks that ``source`` was labelled with the same settings. Returns the ids copied.
+        """
+        have = self.done_ids()
+        wanted = set(sids) - have
+        copied = []
+        for row in source.db.select():
+            if row.sid in wanted:
+                self.db.write(row.toatoms(), key_value_pairs=dict(row.key_value_pairs), data=dict(row.data))
+                self.clear_failure(row.sid)
+                wanted.discard(row.sid)
+                copied.append(row.sid)
+        return copied
+
     # --- failures -------------------------------------------------------
     def record_failure(self, sid: str, name: str, stage: str, error: str) -> None:
         """Append a failed item (its id, name, stage and error text)."""

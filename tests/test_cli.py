@@ -197,3 +197,41 @@ def test_stage_04_failures_are_listed_and_retried_in_place(tmp_path):
     assert checkpoint.stat().st_mtime_ns == written, "a finished relaxation was recomputed"
     [again] = stage_failures(tmp_path / "tiny", ["04"])
     assert again["sid"] == structure_id(collapsed) and not (tmp_path / "tiny" / ".superseded").exists()
+
+
+@pytest.mark.slow
+def test_new_inputs_with_the_same_settings_reuse_the_unchanged_items(tmp_path):
+    """Stages 04 and 05 for real on a water, then on water and ammonia: only ammonia is computed (about 1 min)."""
+    water, ammonia = molecule("H2O"), molecule("NH3")
+    water.info.update(name="water", subset="ions_water")
+    ammonia.info.update(name="ammonia", subset="dimers")
+    stage03 = tmp_path / "tiny" / "03_selection"
+    stage03.mkdir(parents=True)
+
+    def select(structures):
+        write_structures(stage03 / "structures.db", structures)
+        write_manifest(stage03, {"stage": "03_selection", "status": "complete", "fingerprint": str(len(structures))})
+
+    select([water])
+    _cli(tmp_path, "run", "--run", "tiny", "--stages", "04", "05", "--set", "05.executor=serial")
+    first = {row.sid: row.energy for row in Dataset(tmp_path / "tiny" / "05_reference" / "dataset.db").rows()}
+    assert len(first) == 2  # two frames of the water's relaxation
+
+    select([water, ammonia])
+    second = _cli(tmp_path, "run", "--run", "tiny", "--stages", "04", "05", "--set", "05.executor=serial")
+    assert "[04_preoptimisation] same settings, new inputs" in second.stdout
+    assert "[05_reference] same settings, new inputs" in second.stdout
+    relaxed = (tmp_path / "tiny" / "04_preoptimisation" / "04_preoptimisation.ipynb").read_text()
+    assert "1 relaxations reused" in relaxed and "1 to compute" in relaxed
+    labelled = (tmp_path / "tiny" / "05_reference" / "05_reference.ipynb").read_text()
+    assert "2 labels reused" in labelled and "3 structures: 2 already labelled, 1 to compute" in labelled
+    rows = {row.sid: row for row in Dataset(tmp_path / "tiny" / "05_reference" / "dataset.db").rows()}
+    assert len(rows) == 3 and all(rows[sid].energy == energy for sid, energy in first.items())
+    assert read_manifest(tmp_path / "tiny" / "05_reference")["counts"]["computed_now"] == 1
+    assert len(list((tmp_path / "tiny" / ".superseded").iterdir())) == 2  # the old directories are kept
+
+    # A changed setting is a different calculation: nothing is reused.
+    third = _cli(tmp_path, "run", "--run", "tiny", "--stages", "05", "--set", "05.executor=serial",
+                 "--set", "05.conv_tol=1e-9")
+    assert "same settings" not in third.stdout
+    assert read_manifest(tmp_path / "tiny" / "05_reference")["counts"]["computed_now"] == 3

@@ -97,3 +97,29 @@ def test_store_round_trip_and_interrupted_write(tmp_path) -> None:
         store.read("nope")
     with pytest.raises(ValueError, match="lack"):
         store.write("x", {"hamiltonian": 1}, atomic_numbers=[1], positions=[[0, 0, 0]])
+
+
+def test_labels_and_matrices_are_reused_from_an_earlier_dataset_with_the_same_settings(tmp_path, monkeypatch) -> None:
+    from qcell_nb import reference
+
+    earlier = Dataset(tmp_path / "earlier" / "dataset.db")
+    label_missing([water()], earlier, executor="serial", progress=False, store_hamiltonian=True,
+                  basis="sto-3g", mbd=None)
+    computed = []
+    real = reference._label_one
+    monkeypatch.setattr(reference, "_label_one", lambda atoms, **kw: computed.append(atoms.info["name"]) or real(atoms, **kw))
+    now = Dataset(tmp_path / "now" / "dataset.db")
+    summary = label_missing([water(), oh_radical()], now, executor="serial", progress=False, store_hamiltonian=True,
+                            basis="sto-3g", mbd=None, reuse_from=earlier.path)
+    assert computed == ["OH radical"] and summary.submitted == 1 and len(now) == 2
+    sid = structure_id(water())
+    (old,), (new,) = earlier.rows(sid=sid), now.rows(sid=sid)
+    assert new.energy == old.energy and np.array_equal(new.forces, old.forces)
+    assert np.array_equal(new.data["hirsh_ratios"], old.data["hirsh_ratios"]) and new.level_of_theory == old.level_of_theory
+    copied = HamiltonianStore(hamiltonians_path(now.path)).read(sid)
+    np.testing.assert_array_equal(copied["hamiltonian"], HamiltonianStore(hamiltonians_path(earlier.path)).read(sid)["hamiltonian"])
+    assert copied["units"]["hamiltonian"] and generalized_eigen_residual(copied) < 1e-5
+
+    other = Dataset(tmp_path / "other" / "dataset.db")  # another basis: a different calculation, nothing reused
+    label_missing([water()], other, executor="serial", progress=False, basis="6-31g", mbd=None, reuse_from=earlier.path)
+    assert computed[-1] == "water" and next(other.rows()).energy != old.energy

@@ -21,7 +21,10 @@ KERNEL = "python3"
 
 #: Parameters that say where and how a stage runs, not what it computes: they stay out of the
 #: fingerprint, so moving a run or switching from a local cluster to SLURM recomputes nothing.
-EXECUTION_PARAMETERS = ("run_dir", "executor", "n_workers", "threads_per_worker", "retries", "progress")
+#: ``reuse_from`` names an earlier directory of the stage whose results for unchanged items may be
+#: copied; the stage checks they were made with the same settings, so it changes no result either.
+EXECUTION_PARAMETERS = ("run_dir", "executor", "n_workers", "threads_per_worker", "retries", "progress",
+                        "reuse_from")
 
 #: Failure tables a stage leaves beside its datasets (see :class:`qcell_nb.store.Dataset`).
 FAILURE_TABLES = "*.failures.jsonl"
@@ -56,26 +59,38 @@ def _input_digests(stage: Stage, run_dir: Path) -> dict[str, str]:
     return digests
 
 
-def _supersede(stage_directory: Path, run_dir: Path) -> None:
-    """Move an outdated stage directory aside instead of deleting it: nothing computed is lost."""
+def _supersede(stage_directory: Path, run_dir: Path) -> Path | None:
+    """Move an outdated stage directory aside instead of deleting it: nothing computed is lost.
+
+    Returns where it went (None if there was nothing to move).
+    """
     if stage_directory.exists() and any(stage_directory.iterdir()):
         target = run_dir / ".superseded" / f"{stage_directory.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        while target.exists():  # two supersessions within a second
+            target = target.with_name(target.name + "+")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(stage_directory), str(target))
         print(f"  outdated results moved to {target}", flush=True)
+        return target
+    return None
 
 
 def _stage_fingerprint(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks_dir: Path,
-                       seed: int) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, str]]:
-    """(fingerprint, injected parameters, declared defaults, input digests) of a stage."""
-    source = notebook_path(stage, notebooks_dir)
+                       seed: int) -> tuple[str, str, dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(fingerprint, settings fingerprint, injected parameters, declared defaults, input digests).
+
+    The settings fingerprint covers what the stage computes apart from its inputs (its notebook
+    and the parameters that matter); the fingerprint adds the input digests.
+    """
+    notebook = mf.notebook_digest(notebook_path(stage, notebooks_dir))
     declared = declared_parameters(stage, notebooks_dir)
     injected = dict(parameters)
     run_values = {"run_dir": str(run_dir.resolve()), "seed": seed}
     injected.update({k: v for k, v in run_values.items() if k in declared})
     identity = {k: v for k, v in injected.items() if k not in EXECUTION_PARAMETERS}
     inputs = _input_digests(stage, run_dir)
-    return mf.fingerprint(mf.notebook_digest(source), identity, inputs), injected, declared, inputs
+    return (mf.fingerprint(notebook, identity, inputs), mf.fingerprint(notebook, identity, {}), injected, declared,
+            inputs)
 
 
 def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks_dir: Path,
@@ -89,7 +104,7 @@ def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks
     """
     start = time.time()
     source = notebook_path(stage, notebooks_dir)
-    fp, injected, declared, inputs = _stage_fingerprint(stage, run_dir, parameters, notebooks_dir, seed)
+    fp, settings, injected, declared, inputs = _stage_fingerprint(stage, run_dir, parameters, notebooks_dir, seed)
     print_ = lambda text: print(text, flush=True)  # noqa: E731
     stage_directory = run_dir / stage.name
     previous = mf.read_manifest(stage_directory)
@@ -112,13 +127,20 @@ def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks
         if previous is not None:
             reason = "forced" if force and previous.get("fingerprint") == fp else "inputs or parameters changed"
             print_(f"[{stage.name}] {reason}: recomputing")
-            _supersede(stage_directory, run_dir)
+            moved = _supersede(stage_directory, run_dir)
+            # Only the inputs changed: a stage that can reuse results per item (04's relaxations,
+            # 05's labels, keyed by structure id) copies those of the unchanged items.
+            if (moved is not None and not force and "reuse_from" in declared and not injected.get("reuse_from")
+                    and previous.get("settings_fingerprint") == settings):
+                injected["reuse_from"] = str(moved.resolve())
+                print_(f"[{stage.name}] same settings, new inputs: results of unchanged items are reused from {moved}")
         print_(f"[{stage.name}] running: {stage.title}")
     stage_directory.mkdir(parents=True, exist_ok=True)
     manifest = {
         "stage": stage.name, "title": stage.title, "notebook": stage.notebook,
         # Every parameter in effect (notebook defaults plus what was injected), for provenance.
-        "status": "running", "fingerprint": fp, "parameters": {**declared, **injected},
+        "status": "running", "fingerprint": fp, "settings_fingerprint": settings,
+        "parameters": {**declared, **injected},
         # What was injected, so that a retry runs the notebook exactly as before.
         "injected": {k: v for k, v in injected.items() if k != "run_dir"},
         "input_digests": inputs, "packages": mf.package_versions(),
