@@ -88,6 +88,11 @@ def test_nve_conserves_energy_and_a_huge_timestep_is_caught():
 
 def test_report_tables_come_from_the_run_directory(tmp_path):
     import json
+    import shlex
+    from pathlib import Path
+
+    from qcell_nb.pipeline.cli import build_parser
+    from qcell_nb.pipeline.parameters import parse_overrides
 
     from qcell_nb.validation.report import write_report
 
@@ -102,6 +107,17 @@ def test_report_tables_come_from_the_run_directory(tmp_path):
     assert "| dimers | 0.123 |" in text and "| 01_building_blocks | not run |" in text
     assert f"--stages 07_validation --force" in text
     assert "## ML/MM" not in text
+
+    # A demo run with one override: the report's command names the profile, the seed and that override.
+    (stage / "manifest.json").write_text(json.dumps({
+        "status": "complete", "seconds": 3.2, "profile": "demo", "seed": 2,
+        "injected": {"droplet_waters": 24, "md_steps": 4000, "nve_steps": 50, "seed": 2, "executor": "serial"}}))
+    text = write_report(tmp_path).read_text()
+    [command] = [line for line in text.splitlines() if line.startswith("qcell-nb run")]
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.profile, args.seed, args.stages, args.force) == ("demo", 2, ["07_validation"], True)
+    assert parse_overrides(args.set) == {"07_validation": {"nve_steps": 50}}
+    assert Path(args.runs_dir) / args.run == tmp_path
 
     training = tmp_path / "06_training"
     training.mkdir()
@@ -142,9 +158,70 @@ def test_ion_droplet_md_with_gfn2():
         water.positions += frame.positions[0] + 2.4 * axis - water.positions[0]
         frame += water
     frame.info.update(name="Na+", charge=1)
+    curves = {}
     row = ion_droplet_check(frame, gfn2_calculator(Atoms("Na", info={"charge": 1})), n_waters=4, steps=40,
-                            nve_steps=20, timestep=0.5, seed=0)
+                            nve_steps=20, timestep=0.5, seed=0, curves=curves)
     assert row["stable"], row["reason"]
+    assert sorted(curves) == ["Na+ Na-O", "Na+ O-O"] and curves["Na+ Na-O"]["r_peak"] == pytest.approx(row["Na-O model"], abs=0.005)
+    assert max(curves["Na+ O-O"]["g"]) == 1.0 and len(curves["Na+ O-O"]["r"]) == len(curves["Na+ O-O"]["g"])
+    from qcell_nb.blocks.ions_water import plot_rdfs
+
+    fig = plot_rdfs([], rdfs=curves, ylabel="h(r)/r²", source="model")
+    [panel_ion, panel_water] = fig.axes
+    assert panel_ion.get_lines()[1].get_xdata()[0] == pytest.approx(2.43)  # the experimental line, found by "pair"
+    assert panel_water.get_lines()[1].get_xdata()[0] == pytest.approx(2.80)
     assert row["atoms"] == 13 and "nve_drift_meV_atom_ps" in row
     # GFN2-xTB keeps the first shell near its starting 2.4 Å; experiment says 2.43 Å.
     assert abs(row["Na-O model"] - 2.43) < 0.3 and row["Na-O experiment"] == pytest.approx(2.43)
+
+
+def _rotate_about_link(atoms, torsion, angle):
+    """Set ``torsion`` (a, b, c, d) to ``angle`` degrees by turning the part on c's side of the b-c bond."""
+    from qcell_nb.blocks.carbohydrates import mol_with_hydrogens
+
+    mol = mol_with_hydrogens(atoms.info["smiles"])
+    b, c = torsion[1], torsion[2]
+    side, frontier = {c}, [c]
+    while frontier:
+        for neighbour in mol.GetAtomWithIdx(frontier.pop()).GetNeighbors():
+            if neighbour.GetIdx() not in side and neighbour.GetIdx() != b:
+                side.add(neighbour.GetIdx())
+                frontier.append(neighbour.GetIdx())
+    mask = [i in side for i in range(len(atoms))]
+    atoms.set_dihedral(*torsion, angle, mask=mask)
+
+
+def test_glycosidic_exo_anomeric_basin_and_coverage_of_cellobiose():
+    from qcell_nb.blocks.glycans import build_named_disaccharide
+    from qcell_nb.validation.descriptors import _glycosidic_links, glycosidic_checks, staggered_sector
+
+    assert [staggered_sector(a) for a in (-75.0, 50.0, 170.0, -170.0, 300.0)] == [-60, 60, 180, 180, -60]
+    start = build_named_disaccharide("cellobiose")
+    [(phi, psi, anti)] = _glycosidic_links(start.info["smiles"])
+    assert phi[1:3] == anti[1:3] and phi[3] == anti[3] and psi[:3] == phi[1:]
+    frames = []
+    for anti_angle, psi_angle in ((180.0, 180.0), (180.0, 60.0), (60.0, 180.0), (300.0, -60.0)):
+        atoms = start.copy()
+        _rotate_about_link(atoms, anti, anti_angle)  # turns phi with it: phi = anti - 120 or + 120
+        _rotate_about_link(atoms, psi, psi_angle)
+        frames.append(atoms)
+    exo, coverage = glycosidic_checks(frames)
+    assert exo["n"] == 4 and exo["mean"] == 0.5  # two of the four have the aglycone anti to C2
+    assert coverage["n"] == 1 and coverage["mean"] == 4  # four distinct (phi, psi) basins of one block
+    glucose = start.copy()
+    glucose.info["smiles"] = "OC[C@H]1O[C@@H](O)[C@H](O)[C@@H](O)[C@@H]1O"
+    assert glycosidic_checks([glucose]) == []  # no glycosidic link, no rows
+
+
+def test_learning_curve_figure_fits_the_slope_of_a_power_law(tmp_path):
+    from qcell_nb.validation import plot_learning_curve
+
+    rows = [{"fraction": f, "n_train": n, "force_mae_kcal_mol_A": 8.0 / n, "energy_mae_meV_per_atom": 30.0 / n**0.5}
+            for f, n in ((1.0, 40), (0.25, 10), (0.5, 20))]
+    fig = plot_learning_curve(rows, tmp_path / "learning_curve.png")
+    forces, energies = fig.axes
+    assert forces.get_legend().get_texts()[0].get_text() == "test (slope -1.00)"
+    assert energies.get_legend().get_texts()[0].get_text() == "test (slope -0.50)"
+    assert list(forces.get_lines()[0].get_xdata()) == [10, 20, 40] and (tmp_path / "learning_curve.png").exists()
+    with pytest.raises(ValueError, match="learning_curve_fractions"):
+        plot_learning_curve([{"fraction": 1.0, "note": "no test set"}])

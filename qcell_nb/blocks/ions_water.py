@@ -466,12 +466,14 @@ def compare_first_peaks(rdfs: dict[str, dict[str, Any]],
 
 
 def plot_rdfs(frames: Sequence[Atoms], reference_path: str | os.PathLike | None = None,
-              path: str | os.PathLike | None = None, rdfs: dict[str, dict[str, Any]] | None = None):
+              path: str | os.PathLike | None = None, rdfs: dict[str, dict[str, Any]] | None = None,
+              ylabel: str = "g(r)", source: str = "MD"):
     """One panel per pair: g(r) of the MM frames with the experimental first peak as a dashed line.
 
     ``reference_path`` as in :func:`load_rdf_reference` (``None``: the built-in values).
-    Pass ``rdfs`` (from :func:`ion_water_rdfs`) to avoid recomputing them. Saves to ``path`` when
-    given; returns the matplotlib figure.
+    Pass ``rdfs`` (from :func:`ion_water_rdfs`) to avoid recomputing them; a panel's entry may
+    name its experimental pair in ``"pair"`` when its title is another text (``"Na+ O-O"``).
+    Saves to ``path`` when given; returns the matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
@@ -481,12 +483,13 @@ def plot_rdfs(frames: Sequence[Atoms], reference_path: str | os.PathLike | None 
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.0), squeeze=False)
     for axis, pair in zip(axes[0], pairs):
         entry = rdfs[pair]
-        axis.plot(entry["r"], entry["g"], label=f"MD: {entry['r_peak']:.2f} Å")
-        if pair in reference:
-            axis.axvline(reference[pair]["r_peak"], color="k", linestyle="--",
-                         label=f"experiment: {reference[pair]['r_peak']:.2f} Å")
+        axis.plot(entry["r"], entry["g"], label=f"{source}: {entry['r_peak']:.2f} Å")
+        experimental = reference.get(entry.get("pair", pair))
+        if experimental:
+            axis.axvline(experimental["r_peak"], color="k", linestyle="--",
+                         label=f"experiment: {experimental['r_peak']:.2f} Å")
         axis.set_title(pair)
         axis.set_xlabel("r (Å)")
         axis.legend(fontsize=7)
-    axes[0][0].set_ylabel("g(r)")
+    axes[0][0].set_ylabel(ylabel)
     return finish_figure(fig, path)

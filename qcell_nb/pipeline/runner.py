@@ -94,13 +94,16 @@ def _stage_fingerprint(stage: Stage, run_dir: Path, parameters: dict[str, Any], 
 
 
 def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks_dir: Path,
-              seed: int, force: bool = False, log_output: bool = False, retry: bool = False) -> StageOutcome:
+              seed: int, force: bool = False, log_output: bool = False, retry: bool = False,
+              profile: str | None = None) -> StageOutcome:
     """Run one stage unless its manifest says it is complete for the same fingerprint.
 
     With ``retry`` a stage that ran with the same fingerprint runs again in
     place even if complete: its notebook computes only what is missing
     (the items that failed); nothing is superseded. A stage whose inputs or
-    parameters changed cannot be retried (``RuntimeError``).
+    parameters changed cannot be retried (``RuntimeError``). ``profile`` (the
+    profile the parameters came from) and ``seed`` are recorded in the manifest,
+    so that the command that recomputes the stage can be written from it.
     """
     start = time.time()
     source = notebook_path(stage, notebooks_dir)
@@ -143,6 +146,7 @@ def run_stage(stage: Stage, run_dir: Path, parameters: dict[str, Any], notebooks
         "parameters": {**declared, **injected},
         # What was injected, so that a retry runs the notebook exactly as before.
         "injected": {k: v for k, v in injected.items() if k != "run_dir"},
+        "profile": profile if profile is not None else (previous or {}).get("profile"), "seed": seed,
         "input_digests": inputs, "packages": mf.package_versions(),
         "python": sys.version.split()[0], "started": mf.now(), "attempts": (previous or {}).get("attempts", 0) + 1
         if action in ("resumed", "retried") else 1,
@@ -187,7 +191,7 @@ def run_pipeline(profile: str = "smoke", run: str | None = None, stages: list[st
     outcomes = []
     for stage in chosen:
         outcome = run_stage(stage, run_dir, resolved[stage.name], notebooks, seed, force=force,
-                            log_output=log_output)
+                            log_output=log_output, profile=profile)
         outcomes.append(outcome)
         if outcome.action == "failed":
             break
@@ -285,6 +289,36 @@ def retry_failures(run_dir: str | os.PathLike, stage: str = "05_reference",
     outcome.message = f"{cleared} retried, {len(left)} still failing"
     print(f"[{target.name}] {outcome.message}", flush=True)
     return outcome
+
+
+def rerun_command(run_dir: str | os.PathLike, stage: str, notebooks_dir: str | os.PathLike | None = None) -> str:
+    """The ``qcell-nb run`` command that recomputes ``stage`` of a run exactly as it last ran.
+
+    Built from the stage's manifest: its profile and seed, and a ``--set`` for every parameter it
+    ran with that differs from that profile's value (command-line overrides), execution settings
+    excepted. A manifest without a profile (written before profiles were recorded) gives
+    ``smoke``'s command with every injected parameter spelled out.
+    """
+    import shlex
+
+    run_dir = Path(run_dir)
+    target = get_stage(stage)
+    manifest = mf.read_manifest(run_dir / target.name)
+    if manifest is None:
+        raise FileNotFoundError(f"stage {target.name} has not run in {run_dir}")
+    notebooks = Path(notebooks_dir) if notebooks_dir else default_notebooks_dir()
+    profile = manifest.get("profile") or "smoke"
+    seed = int(manifest.get("seed", manifest.get("parameters", {}).get("seed", 0)) or 0)
+    from_profile = resolve_parameters(profile, {}, notebooks, (target,))[target.name] if manifest.get("profile") else {}
+    declared = declared_parameters(target, notebooks)
+    sets = [f"{target.name}.{name}={value!r}" for name, value in sorted(manifest.get("injected", {}).items())
+            if name not in EXECUTION_PARAMETERS and name != "seed"
+            and value != from_profile.get(name, declared.get(name, object()))]
+    words = ["qcell-nb", "run", "--profile", profile, "--run", run_dir.name, "--runs-dir", str(run_dir.parent),
+             "--seed", str(seed), "--stages", target.name, "--force"]
+    for item in sets:
+        words += ["--set", item]
+    return shlex.join(words)
 
 
 def _injected_from(manifest: dict[str, Any], stage: Stage, notebooks: Path) -> dict[str, Any]:

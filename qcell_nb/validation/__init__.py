@@ -2,7 +2,7 @@
 
 from .metrics import (KCAL_PER_MOL_IN_EV, PAPER_FORCE_MAE_KCAL, count_by_subset, errors, errors_by_subset,
                       mean_predictor, property_errors, reference_labels)
-from .plots import parity_plot, view_structure
+from .plots import parity_plot, plot_learning_curve, view_structure
 
 __all__ = ["KCAL_PER_MOL_IN_EV", "PAPER_FORCE_MAE_KCAL", "count_by_subset", "errors", "errors_by_subset",
-           "mean_predictor", "parity_plot", "property_errors", "reference_labels", "view_structure"]
+           "mean_predictor", "parity_plot", "plot_learning_curve", "property_errors", "reference_labels", "view_structure"]

@@ -29,6 +29,7 @@ from rdkit import Chem
 from ..blocks import dimers as dimer_blocks
 from ..blocks import ions_water, lipids, nucleic_acids
 from ..blocks.carbohydrates import mol_with_hydrogens
+from ..selection import glycosidic_dihedral_indices
 
 #: Staggered hydroxymethyl rotamers of O5-C5-C6-O6 (deg): gauche-gauche, gauche-trans, trans-gauche.
 HYDROXYMETHYL_ROTAMERS = {"gg": -60.0, "gt": 60.0, "tg": 180.0}
@@ -89,8 +90,65 @@ def hydroxymethyl_rotamer(angle: float) -> str:
     return min(distance, key=distance.get)
 
 
+def staggered_sector(angle: float) -> int:
+    """The staggered position (-60, +60 or 180 deg) nearest to a torsion angle in degrees."""
+    centres = (-60, 60, 180)
+    return min(centres, key=lambda centre: abs((angle - centre + 180.0) % 360.0 - 180.0))
+
+
+@lru_cache(maxsize=None)
+def _glycosidic_links(smiles: str) -> tuple[tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...]], ...]:
+    """Per glycosidic link: (phi atoms, psi atoms or None, the C2-C1-X-C'x atoms that tell exo-anomeric)."""
+    torsions = glycosidic_dihedral_indices(smiles)
+    mol = mol_with_hydrogens(smiles)
+    links = []
+    for name, phi in torsions.items():
+        if not name.startswith("phi") or name.endswith("_bb"):
+            continue
+        ring_o, anomeric, linker, aglycone = phi
+        # The anomeric carbon's other ring neighbour (C2 of an aldose, C3 of a ketose): the
+        # aglycone anti to it, gauche to the ring O, is the exo-anomeric conformation.
+        ring_c = next(a.GetIdx() for a in mol.GetAtomWithIdx(anomeric).GetNeighbors()
+                      if a.IsInRing() and a.GetSymbol() == "C" and a.GetIdx() != ring_o
+                      and mol.GetBondBetweenAtoms(anomeric, a.GetIdx()).IsInRing())
+        links.append((tuple(phi), torsions.get("psi" + name[3:]), (ring_c, anomeric, linker, aglycone)))
+    return tuple(links)
+
+
+def glycosidic_checks(structures: Sequence[Atoms]) -> list[dict]:
+    """Glycosidic phi/psi coverage of the sugar fragments with a glycosidic link.
+
+    Two rows: the fraction of links in the exo-anomeric phi basin (the aglycone carbon anti to
+    the ring carbon next to C1 and gauche to O5: the basin the exo-anomeric effect favours and
+    crystal and solution structures mostly show), and per linked block the number of staggered
+    (phi, psi) basins its fragments visit, of the 9 that -60/+60/180 in each torsion make.
+    """
+    exo = []
+    cells: dict[str, set[tuple[int, int]]] = {}
+    for atoms in _of(structures, "carbohydrates"):
+        smiles = atoms.info.get("smiles")
+        if not smiles:
+            continue
+        for phi, psi, anti in _glycosidic_links(str(smiles)):
+            exo.append(abs(atoms.get_dihedral(*anti) - 180.0) <= 60.0)  # ASE's angles lie in [0, 360)
+            if psi is not None:
+                cell = (staggered_sector(atoms.get_dihedral(*phi)), staggered_sector(atoms.get_dihedral(*psi)))
+                cells.setdefault(str(atoms.info.get("name", smiles)), set()).add(cell)
+    rows = []
+    if exo:
+        rows.append({"subset": "carbohydrates", "descriptor": "glycosidic phi in the exo-anomeric basin (fraction)",
+                     "n": len(exo), "mean": round(float(np.mean(exo)), 3), "min": None, "max": None,
+                     "reference": "exo-anomeric basin dominant"})
+    if cells:
+        rows.append({"subset": "carbohydrates", "descriptor": "glycosidic phi/psi basins visited per linked block (of 9)",
+                     **_summary([len(visited) for visited in cells.values()]),
+                     "reference": "phi, psi at -60/+60/180"})
+    return rows
+
+
 def carbohydrate_checks(structures: Sequence[Atoms]) -> list[dict]:
-    """Occupancy of the gg/gt/tg hydroxymethyl rotamers over all sugar fragments that have a C6-O6."""
+    """Occupancy of the gg/gt/tg hydroxymethyl rotamers over all sugar fragments that have a C6-O6,
+    then the glycosidic phi/psi coverage (:func:`glycosidic_checks`)."""
     counts = {name: 0 for name in HYDROXYMETHYL_ROTAMERS}
     for atoms in _of(structures, "carbohydrates"):
         smiles = atoms.info.get("smiles")
@@ -99,12 +157,11 @@ def carbohydrate_checks(structures: Sequence[Atoms]) -> list[dict]:
         for torsion in _hydroxymethyl_torsions(str(smiles)):
             counts[hydroxymethyl_rotamer(atoms.get_dihedral(*torsion))] += 1
     total = sum(counts.values())
-    if not total:
-        return []
-    return [{"subset": "carbohydrates", "descriptor": f"hydroxymethyl rotamer {name} (fraction)", "n": total,
+    rows = [{"subset": "carbohydrates", "descriptor": f"hydroxymethyl rotamer {name} (fraction)", "n": total,
              "mean": round(count / total, 3), "min": None, "max": None,
              "reference": f"{HYDROXYMETHYL_ROTAMERS[name]:+.0f} deg basin"}
-            for name, count in counts.items()]
+            for name, count in counts.items()] if total else []
+    return rows + glycosidic_checks(structures)
 
 
 def ion_checks(structures: Sequence[Atoms]) -> list[dict]:
@@ -145,7 +202,9 @@ def plot_class_checks(structures: Sequence[Atoms], directory) -> list:
 
     directory = Path(directory)
     figures = []
-    nucleic = [a for a in _of(structures, "nucleic_acids") if "atom_name" in a.info]
+    # Base-pair dimers carry no phosphate: with only those there is no backbone to draw.
+    nucleic = [a for a in _of(structures, "nucleic_acids") if "atom_name" in a.info
+               and nucleic_acids.phosphate_distances(a).size]
     if nucleic:
         figures.append(nucleic_acids.plot_backbone_checks(nucleic, directory / "nucleic_acid_backbone.png"))
     if _of(structures, "lipids"):

@@ -52,7 +52,7 @@ def pair_distance_peak(result: MDResult, centres: Sequence[int], others: Sequenc
 
 def ion_droplet_check(frame: Atoms, calculator: Calculator, *, n_waters: int = 24, steps: int = 400,
                       nve_steps: int = 200, timestep: float = 0.5, temperature: float = 300.0,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, curves: dict | None = None) -> dict:
     """MD of one ion droplet with ``calculator``; first-shell distances and NVE drift.
 
     Args:
@@ -60,6 +60,9 @@ def ion_droplet_check(frame: Atoms, calculator: Calculator, *, n_waters: int = 2
         calculator: the trained model's ASE calculator.
         n_waters: waters in the droplet. steps / nve_steps: Langevin and NVE MD steps.
         timestep: fs. temperature: K. seed: velocities and noise.
+        curves: when given, the r²-normalised distance histograms are added to it as
+            ``{"<ion> <pair>": {"pair", "r", "g", "r_peak"}}`` (Å; the form
+            :func:`qcell_nb.blocks.ions_water.plot_rdfs` draws).
 
     Returns:
         A row: ion, atoms, stability and reason, NVE drift (meV/atom/ps), and for ``<X>-O`` and
@@ -86,16 +89,21 @@ def ion_droplet_check(frame: Atoms, calculator: Calculator, *, n_waters: int = 2
     reference = load_rdf_reference()
     oxygens = [i for i, s in enumerate(droplet.get_chemical_symbols()) if s == "O"]
     for pair, centres, others in ((f"{symbol}-O", [0], oxygens), ("O-O", oxygens, oxygens)):
-        _, _, peak = pair_distance_peak(langevin, centres, others)
+        r, h, peak = pair_distance_peak(langevin, centres, others)
+        if curves is not None:
+            curves[f"{ion} {pair}"] = {"pair": pair, "r": np.round(r, 4).tolist(), "g": (h / h.max()).tolist(),
+                                       "r_peak": peak}
         experiment = reference.get(pair, {}).get("r_peak")
         row[f"{pair} model"] = round(peak, 2)
         row[f"{pair} experiment"] = experiment
-        row[f"{pair} difference"] = None if experiment is None else round(peak - float(experiment), 2)
+        row[f"{pair} difference"] = None if experiment is None else round(peak - float(experiment), 2) + 0.0  # no -0.0
     return row
 
 
 def ion_droplet_checks(frames: Sequence[Atoms], ions: Sequence[str], calculator: Calculator, **kwargs) -> list[dict]:
     """:func:`ion_droplet_check` for each ion in ``ions``, from the first of its MM frames.
+
+    ``kwargs`` go to :func:`ion_droplet_check` (``curves`` collects every ion's histograms).
 
     An ion without a stage-02 box, or one the model cannot run (an element absent from its
     training data), gets a row with ``error`` saying why; the other ions go on.

@@ -34,6 +34,34 @@ def parity_plot(ref_energies, pred_energies, ref_forces, pred_forces, n_atoms, p
     return finish_figure(fig, path)
 
 
+def plot_learning_curve(rows: list[dict[str, Any]], path=None):
+    """Test force and energy MAE against training-set size (log-log), from stage 06's learning-curve rows.
+
+    ``rows`` carry ``n_train``, ``force_mae_kcal_mol_A`` and ``energy_mae_meV_per_atom`` (as
+    :func:`qcell_nb.experiments.learning_curve` writes them). A slope is fitted where there are
+    two sizes or more: a model still learning shows a clearly negative one. Saved to ``path`` if given.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = sorted((r for r in rows if "n_train" in r), key=lambda r: r["n_train"])
+    if not rows:
+        raise ValueError("learning curve: no row with 'n_train' (was stage 06 run with learning_curve_fractions?)")
+    n_train = np.array([r["n_train"] for r in rows], dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, key, label in ((axes[0], "force_mae_kcal_mol_A", "force MAE (kcal/mol/Å)"),
+                           (axes[1], "energy_mae_meV_per_atom", "energy MAE (meV/atom)")):
+        values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        text = ""
+        if len(rows) >= 2 and np.all(values > 0) and len(set(n_train)) >= 2:
+            slope = np.polyfit(np.log(n_train), np.log(values), 1)[0]
+            text = f" (slope {slope:.2f})"
+        ax.loglog(n_train, values, "o-", label=f"test{text}")
+        ax.set_xlabel("training structures")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    return finish_figure(fig, path)
+
+
 def view_structure(atoms: Atoms) -> Any:
     """An interactive 3D view: nglview where its widget works, py3Dmol otherwise."""
     try:

@@ -79,6 +79,15 @@ def _mlmm_section(run_dir: Path) -> list[str]:
     return lines + [_markdown_table(rows), ""]
 
 
+def _validation_command(run_dir: Path) -> str:
+    """The command that recomputes stage 07 with the profile, seed and overrides it ran with."""
+    from ..pipeline.runner import rerun_command
+
+    if read_manifest(run_dir / VALIDATION_STAGE) is None:
+        return f"qcell-nb run --run {run_dir.name} --runs-dir {run_dir.parent} --stages {VALIDATION_STAGE}"
+    return rerun_command(run_dir, VALIDATION_STAGE)
+
+
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``<run_dir>/report.md`` (and the validation notebook as HTML) and return the report's path.
 
@@ -92,7 +101,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     lines = [f"# QCell-nb run report: {run_dir.name}", "",
              "Every number below is read from this run directory. To recompute the validation and this report:", "",
              "```",
-             f"qcell-nb run --run {run_dir.name} --runs-dir {run_dir.parent} --stages {VALIDATION_STAGE} --force",
+             _validation_command(run_dir),
              f"qcell-nb report {run_dir.name} --runs-dir {run_dir.parent}",
              "```", "", "## Stages", ""]
     rows = []
