@@ -71,7 +71,10 @@ def glycine_oligomer(n_residues: int, seed: int = 0) -> Atoms:
 
     smiles = "NCC(=O)" + "NCC(=O)" * (n_residues - 1) + "O"
     rd = Chem.AddHs(Chem.MolFromSmiles(smiles))
-    if AllChem.EmbedMolecule(rd, randomSeed=seed) != 0:
+    # Long chains (Gly21) can fail from the default eigenvector start; random coordinates then
+    # embed them (tried second, so that the shorter chains keep the geometries of earlier runs).
+    if (AllChem.EmbedMolecule(rd, randomSeed=seed) != 0
+            and AllChem.EmbedMolecule(rd, randomSeed=seed, useRandomCoords=True) != 0):
         raise RuntimeError(f"RDKit could not embed {smiles}")
     AllChem.MMFFOptimizeMolecule(rd, maxIters=500)
     positions = rd.GetConformer().GetPositions()
