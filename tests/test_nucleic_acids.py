@@ -145,3 +145,26 @@ def test_short_md_run_gives_frames_and_fragments():
         assert np.all(np.abs(phosphate_distances(frame) - 6.0) < 1.5)
     (trimer,) = extract_fragments(frames[:1], kinds=["rna_trimer"])
     assert trimer.info["parent_id"] == structure_id(frames[0]) and trimer.info["charge"] == 0
+
+
+def test_a_duplex_is_built_the_same_in_every_process():
+    # OpenMM's addHydrogens starts hydrogens at random offsets and relaxes them with non-deterministic
+    # force sums; unseeded, two processes built this block 1.8 Å apart (so its id, and every later
+    # stage's, changed from run to run).
+    import random
+    import subprocess
+    import sys
+
+    script = ("from qcell_nb.blocks.nucleic_acids import build_duplex; from qcell_nb.structures import structure_id; "
+              "print(structure_id(build_duplex('GCGC', 'B')))")
+    ids = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+           for _ in range(2)}
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    from qcell_nb.blocks.nucleic_acids import build_duplex
+    from qcell_nb.structures import structure_id
+
+    here = structure_id(build_duplex("GCGC", "B"))
+    assert random.random() == expected, "the build changed the caller's random state"
+    assert ids == {here}
