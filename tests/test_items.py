@@ -3,7 +3,7 @@
 import json
 
 from qcell_nb.blocks.carbohydrates import build_monosaccharide
-from qcell_nb.pipeline import collect, read_counts, record_failures
+from qcell_nb.pipeline import collect, collect_classes, read_counts, record_failures
 from qcell_nb.pipeline.runner import stage_failures
 from qcell_nb.store import read_failures
 
@@ -55,13 +55,38 @@ def test_a_rerun_reads_finished_items_from_the_checkpoint_and_retries_only_the_f
     CALLS.clear()
     first, failures = collect(_count_and_build, ["Na+", "Xx+", "Cl-"], subset="ions_water", checkpoint=tmp_path)
     assert [a.info["name"] for a in first] == ["Na+", "Cl-"] and [f["item"] for f in failures] == ["Xx+"]
-    assert sorted(p.name for p in (tmp_path / "ions_water").iterdir()) == ["0000-Na+.db", "0002-Cl-.db"]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "ions_water").iterdir()) == ["Cl", "Na+"]
     CALLS.clear()
     again, failures = collect(_count_and_build, ["Na+", "Xx+", "Cl-"], subset="ions_water", checkpoint=tmp_path)
     assert CALLS == ["Xx+"]  # the finished items were not recomputed
     assert [f["item"] for f in failures] == ["Xx+"]
     assert [a.info for a in again] == [a.info for a in first]
     assert all((a.positions == b.positions).all() for a, b in zip(again, first))
+
+
+def test_checkpoints_are_found_by_content_so_a_longer_list_computes_only_the_new_items(tmp_path):
+    CALLS.clear()
+    collect(_count_and_build, ["Na+", "Cl-"], subset="ions_water", checkpoint=tmp_path / "first")
+    CALLS.clear()
+    # A block added in front: the old items keep their checkpoints, in this directory or an earlier one.
+    grown, _ = collect(_count_and_build, ["K+", "Na+", "Cl-"], subset="ions_water", checkpoint=tmp_path / "first")
+    assert CALLS == ["K+"] and [a.info["name"] for a in grown] == ["K+", "Na+", "Cl-"]
+    CALLS.clear()
+    moved, _ = collect_classes({"ions_water": (_count_and_build, ["Mg2+", "Na+", "Cl-"], {})},
+                               checkpoint=tmp_path / "second", reuse=tmp_path / "first")
+    assert CALLS == ["Mg2+"] and [a.info["name"] for a in moved] == ["Mg2+", "Na+", "Cl-"]
+    assert len(list((tmp_path / "second" / "ions_water").iterdir())) == 3
+    CALLS.clear()
+    # Other options are another calculation: nothing is reused.
+    collect_classes({"ions_water": (_count_and_build_seeded, ["Na+"], {})}, checkpoint=tmp_path / "seed0", seed=0)
+    CALLS.clear()
+    collect_classes({"ions_water": (_count_and_build_seeded, ["Na+"], {})}, checkpoint=tmp_path / "seed7",
+                    reuse=tmp_path / "seed0", seed=7)
+    assert CALLS == ["Na+"]
+
+
+def _count_and_build_seeded(name, seed=0):
+    return _count_and_build(name)
 
 
 def test_classes_on_a_local_dask_cluster_come_back_in_the_order_of_the_work():

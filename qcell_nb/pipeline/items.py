@@ -11,10 +11,12 @@ them, and counts them in the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 from ase import Atoms
 
 from ..store import clear_failures, read_structures, record_failure, write_structures
+from ..structures import structure_id
 from .manifest import record_counts
 
 FAILURES = "structures.failures.jsonl"
@@ -52,14 +55,33 @@ def _run_job(job: tuple[Callable[..., Any], Any, dict[str, Any]]) -> list[Atoms]
     return [result] if isinstance(result, Atoms) else list(result)
 
 
-def _checkpoint_file(directory: Path, subset: str, index: int, name: str) -> Path:
-    # The index keeps files unique and ordered; the name lets a reader (and a changed item list) tell them apart.
+def _identity(part: Any) -> Any:
+    """What an item or option is, for its checkpoint's name: structures by id and name, the rest by repr."""
+    if isinstance(part, Atoms):
+        return f"{structure_id(part)}:{part.info.get('name', '')}"
+    if isinstance(part, (list, tuple)):
+        return [_identity(p) for p in part]
+    if isinstance(part, Mapping):
+        return {str(k): _identity(v) for k, v in sorted(part.items(), key=lambda kv: str(kv[0]))}
+    return repr(part)
+
+
+def _checkpoint_file(directory: Path, subset: str, step: Callable[..., Any], item: Any, options: dict[str, Any],
+                     name: str) -> Path:
+    """``<subset>/<name>-<digest>.db``: the digest covers the step, the item and its options.
+
+    Named by content, not by position, so that a longer or reordered item list (a block added to
+    the library) still finds the finished items, here or in a superseded stage's directory.
+    """
+    payload = json.dumps([subset, f"{step.__module__}.{step.__qualname__}", _identity(item), _identity(options)])
+    digest = hashlib.sha1(payload.encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9+.-]+", "_", name)[:48]
-    return directory / (subset or "items") / f"{index:04d}-{slug}.db"
+    return directory / (subset or "items") / f"{slug}-{digest}.db"
 
 
 def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]], *,
-                    checkpoint: str | os.PathLike | None = None, executor: str = "serial", n_workers: int = 0,
+                    checkpoint: str | os.PathLike | None = None, reuse: str | os.PathLike | None = None,
+                    executor: str = "serial", n_workers: int = 0,
                     progress: bool = False, **kwargs: Any) -> tuple[list[Atoms], list[dict[str, str]]]:
     """Apply each class's step to each of its items; keep every result, record every failure.
 
@@ -69,8 +91,11 @@ def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], 
             arguments (``("GCGATCG", "B")`` -> ``step("GCGATCG", "B")``).
         checkpoint: a directory where each item's structures are written as soon as the item is done,
             and read back instead of recomputed when the same call runs again (an interrupted stage
-            resumes there). The files belong to one set of parameters: the pipeline moves a stage's
-            directory aside when its parameters change; a caller reusing a directory by hand must too.
+            resumes there). Files are named by the step, the item and its options, so a changed item
+            list still finds the finished items; the pipeline moves a stage's directory aside when its
+            parameters change.
+        reuse: an earlier checkpoint directory of the same stage settings (a superseded stage's
+            ``items/``): its files for these items are copied into ``checkpoint`` instead of recomputed.
         executor, n_workers: ``"serial"`` runs the items here, one after another; ``"local"`` (with
             ``n_workers`` single-threaded worker processes, 0: one per core), a scheduler address or a
             SLURM spec runs them side by side on Dask (see :func:`qcell_nb.compute.map_items`).
@@ -89,17 +114,25 @@ def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], 
     jobs: dict[str, tuple[Callable[..., Any], Any, dict[str, Any]]] = {}
     labels: dict[str, tuple[str, str, Path | None]] = {}  # key -> (subset, item name, checkpoint file)
     results: dict[str, list[Atoms]] = {}
+    reused = 0
     for subset, (step, items, options) in work.items():
         accepted = _accepted(step, {**kwargs, **options})
         for index, item in enumerate(items):
             key = f"{subset or 'items'}-{index:04d}"
             name = _name(item)
-            file = _checkpoint_file(directory, subset, index, name) if directory is not None else None
+            file = _checkpoint_file(directory, subset, step, item, accepted, name) if directory is not None else None
             labels[key] = (subset, name, file)
+            earlier = Path(reuse) / file.relative_to(directory) if reuse and file is not None else None
+            if earlier is not None and earlier.exists() and not file.exists():
+                file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(earlier, file)
+                reused += 1
             if file is not None and file.exists():
                 results[key] = read_structures(file)
             else:
                 jobs[key] = (step, item, accepted)
+    if reused:
+        print(f"{reused} items reused from {reuse} (same items, same settings)", flush=True)
     if results:
         print(f"{len(results)} items already done, read from {directory}; {len(jobs)} to compute", flush=True)
 
