@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
-from .compute import map_items
-from .store import read_structures, write_structures
 from .structures import structure_id
 
 
@@ -39,61 +35,28 @@ def preoptimise(structures: list[Atoms], *, method: str = "gfn2-xtb", mbd: bool 
     Structures of ``fixed_subsets`` get a single point instead (their geometry is the point:
     a dimer scan relaxed to its minimum would no longer scan anything).
 
-    ``checkpoint``: a directory where each structure's frames are written (``<structure id>.db``)
-    as soon as it is done, and read back instead of recomputed when the same call runs again, so
-    an interrupted stage or a retry computes only what is missing. The files belong to one set of
-    parameters (the pipeline moves the stage directory aside when they change). ``reuse``: an
-    earlier checkpoint directory made with the same settings (a superseded stage's ``items/``);
-    its files for these structures are copied into ``checkpoint`` instead of being recomputed.
+    ``checkpoint`` and ``reuse`` as in :func:`qcell_nb.pipeline.collect_classes`: each structure's
+    frames are written there as soon as it is done and read back instead of recomputed, so an
+    interrupted stage or a retry computes only what is missing, and a superseded stage's
+    ``items/`` lends the relaxations of structures that did not change.
 
-    Returns the frames (in input order) and one failure per structure that failed,
-    ``{"item", "subset", "sid", "error"}`` (the form :func:`qcell_nb.pipeline.record_failures`
-    writes); a failure never stops the others.
+    Returns the frames (grouped by subset in the order the subsets first appear, then in input
+    order) and one failure per structure that failed, ``{"item", "subset", "sid", "error"}``
+    (the form :func:`qcell_nb.pipeline.record_failures` writes); a failure never stops the others.
     """
     from .calculators.tightbinding import method_label, resolve_method
+    from .pipeline.items import collect_classes
 
     method = resolve_method(method)
-    ids = [structure_id(a) for a in structures]
-    directory = Path(checkpoint) if checkpoint is not None else None
-    frames: dict[str, list[Atoms]] = {}
-    if directory is not None and reuse and Path(reuse).is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        copied = [sid for sid in dict.fromkeys(ids) if (Path(reuse) / f"{sid}.db").exists()
-                  and not (directory / f"{sid}.db").exists()]
-        for sid in copied:
-            shutil.copy2(Path(reuse) / f"{sid}.db", directory / f"{sid}.db")
-        print(f"{len(copied)} relaxations reused from {reuse} (same structures, same settings)", flush=True)
-    if directory is not None:
-        frames.update({sid: read_structures(directory / f"{sid}.db") for sid in ids
-                       if (directory / f"{sid}.db").exists()})
-        if frames:
-            print(f"{len(frames)} structures already done, read from {directory}; "
-                  f"{len(set(ids) - set(frames))} to compute", flush=True)
-
-    def keep(sid: str, path: list[Atoms]) -> None:
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            write_structures(directory / f"{sid}.db", path)  # atomic: a crash leaves no half-written item
-        frames[sid] = path
-
-    # One calculation per structure id: a structure listed twice is the same calculation.
-    pending: dict[str, int] = {}
-    for index, sid in enumerate(ids):
-        if sid not in frames:
-            pending.setdefault(sid, index)
-    errors: dict[str, str] = {}
-    fixed_names = set(fixed_subsets)
-    for single_point in (False, True):
-        chosen = [i for i in pending.values() if (str(structures[i].info.get("subset")) in fixed_names) == single_point]
-        if not chosen:
-            continue
-        map_items(_optimise_one, [structures[i] for i in chosen], [ids[i] for i in chosen],
-                  on_result=keep, on_failure=errors.__setitem__,
-                  executor=executor, n_workers=n_workers, progress=progress,
-                  description=f"{method_label(method, mbd)} {'single points' if single_point else 'optimisation'}",
-                  fmax=fmax, steps=0 if single_point else steps, keep_frames=1 if single_point else keep_frames,
-                  method=method, mbd=mbd)
-    ordered = [frame for sid in dict.fromkeys(ids) if sid in frames for frame in frames[sid]]
-    failures = [{"item": str(structures[i].info.get("name", "structure")), "subset": str(structures[i].info.get("subset", "")),
-                 "sid": sid, "error": errors[sid]} for sid, i in pending.items() if sid in errors]
-    return ordered, failures
+    # One calculation per structure id (a structure listed twice is the same calculation), one
+    # class of work per subset: those in fixed_subsets get a single point.
+    by_subset: dict[str, dict[str, Atoms]] = {}
+    for atoms in structures:
+        by_subset.setdefault(str(atoms.info.get("subset", "")), {}).setdefault(structure_id(atoms), atoms)
+    fixed = set(fixed_subsets)
+    work = {subset: (_optimise_one, list(members.values()),
+                     dict(fmax=fmax, steps=0 if subset in fixed else steps,
+                          keep_frames=1 if subset in fixed else keep_frames, method=method, mbd=mbd))
+            for subset, members in by_subset.items()}
+    return collect_classes(work, checkpoint=checkpoint, reuse=reuse, executor=executor, n_workers=n_workers or 0,
+                           retries=1, progress=progress, description=f"{method_label(method, mbd)} relaxations")

@@ -81,8 +81,9 @@ def _checkpoint_file(directory: Path, subset: str, step: Callable[..., Any], ite
 
 def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], dict[str, Any]]], *,
                     checkpoint: str | os.PathLike | None = None, reuse: str | os.PathLike | None = None,
-                    executor: str = "serial", n_workers: int = 0,
-                    progress: bool = False, **kwargs: Any) -> tuple[list[Atoms], list[dict[str, str]]]:
+                    executor: str = "serial", n_workers: int = 0, retries: int = 0,
+                    progress: bool = False, description: str = "items",
+                    **kwargs: Any) -> tuple[list[Atoms], list[dict[str, str]]]:
     """Apply each class's step to each of its items; keep every result, record every failure.
 
     Args:
@@ -99,20 +100,22 @@ def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], 
         executor, n_workers: ``"serial"`` runs the items here, one after another; ``"local"`` (with
             ``n_workers`` single-threaded worker processes, 0: one per core), a scheduler address or a
             SLURM spec runs them side by side on Dask (see :func:`qcell_nb.compute.map_items`).
-        progress: show a progress bar.
+        retries: extra attempts for an item whose step raised (a transient error).
+        progress, description: show a progress bar, labelled so.
         kwargs: common keyword arguments (``seed``, say), passed with each class's options to the steps
             that declare them, so one call can give ``seed`` to the random steps and not to the others.
 
     Returns:
         (structures, failures) in the order of ``work`` and of its items, whatever order they finished
-        in; a failure is ``{"item", "subset", "error"}`` with the error's type and text. Failed items
-        are not checkpointed, so a rerun tries them again.
+        in; a failure is ``{"item", "subset", "error"}`` with the error's type and text (and ``"sid"``,
+        the structure id, when the item is one structure). Failed items are not checkpointed, so a
+        rerun tries them again.
     """
     from ..compute import map_items  # Dask loads only when a stage maps items
 
     directory = Path(checkpoint) if checkpoint is not None else None
     jobs: dict[str, tuple[Callable[..., Any], Any, dict[str, Any]]] = {}
-    labels: dict[str, tuple[str, str, Path | None]] = {}  # key -> (subset, item name, checkpoint file)
+    labels: dict[str, tuple[str, Any, Path | None]] = {}  # key -> (subset, item, checkpoint file)
     results: dict[str, list[Atoms]] = {}
     reused = 0
     for subset, (step, items, options) in work.items():
@@ -121,7 +124,7 @@ def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], 
             key = f"{subset or 'items'}-{index:04d}"
             name = _name(item)
             file = _checkpoint_file(directory, subset, step, item, accepted, name) if directory is not None else None
-            labels[key] = (subset, name, file)
+            labels[key] = (subset, item, file)
             earlier = Path(reuse) / file.relative_to(directory) if reuse and file is not None else None
             if earlier is not None and earlier.exists() and not file.exists():
                 file.parent.mkdir(parents=True, exist_ok=True)
@@ -146,10 +149,16 @@ def collect_classes(work: Mapping[str, tuple[Callable[..., Any], Sequence[Any], 
     errors: dict[str, str] = {}
     map_items(_run_job, list(jobs.values()), list(jobs), on_result=keep,
               on_failure=lambda key, text: errors.__setitem__(key, text), executor=executor,
-              n_workers=n_workers or None, retries=0, progress=progress, description="items")
+              n_workers=n_workers or None, retries=retries, progress=progress, description=description)
     structures = [atoms for key in labels if key in results for atoms in results[key]]
-    failures = [{"item": labels[key][1], "subset": labels[key][0], "error": errors[key]}
-                for key in labels if key in errors]
+    failures = []
+    for key in labels:
+        if key in errors:
+            subset, item, _ = labels[key]
+            failure = {"item": _name(item), "subset": subset, "error": errors[key]}
+            if isinstance(item, Atoms):
+                failure["sid"] = structure_id(item)
+            failures.append(failure)
     return structures, failures
 
 
