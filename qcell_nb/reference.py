@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,9 @@ def _settings_text(calc_params: dict[str, Any] | None) -> str:
     return json.dumps(calc_params, sort_keys=True, default=str)
 
 
-def reuse_labels(dataset: Dataset, source: str | os.PathLike | None, sids: Iterable[str],
+def reuse_labels(dataset: Dataset, source: str | os.PathLike | None, structures: dict[str, Atoms],
                  calc_params: dict[str, Any]) -> list[str]:
-    """Copy into ``dataset`` the rows of ``sids`` that the dataset at ``source`` already labelled.
+    """Copy into ``dataset`` the rows of ``structures`` (id -> structure) that ``source`` already labelled.
 
     Only when ``source`` was labelled with the same calculator parameters (its metadata says
     so); otherwise nothing is copied and the reason is printed. This is how a stage whose inputs
@@ -55,7 +54,7 @@ def reuse_labels(dataset: Dataset, source: str | os.PathLike | None, sids: Itera
         print(f"labels in {source} were computed with other settings "
               f"({previous.metadata.get('calculator_parameters')}): none reused", flush=True)
         return []
-    copied = dataset.adopt_rows(previous, sids)
+    copied = dataset.adopt_rows(previous, structures)
     print(f"{len(copied)} labels reused from {source} (same structures, same settings)", flush=True)
     return copied
 

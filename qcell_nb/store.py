@@ -193,18 +193,23 @@ class Dataset:
         rows = sorted(self.db.select(**selection), key=lambda row: row.sid)
         return [_row_to_atoms(row) for row in rows]
 
-    def adopt_rows(self, source: "Dataset", sids: Iterable[str]) -> list[str]:
-        """Copy verbatim the rows of ``sids`` that ``source`` holds and this dataset lacks.
+    def adopt_rows(self, source: "Dataset", structures: dict[str, Atoms]) -> list[str]:
+        """Copy the rows of ``structures`` (id -> structure) that ``source`` holds and this dataset lacks.
 
-        Positions, calculator results, key-value pairs and data are copied as they are; the
-        caller checks that ``source`` was labelled with the same settings. Returns the ids copied.
+        Positions, calculator results and the label's own entries are copied as they are; the
+        structure's current ``info`` (name, subset, provenance) replaces the old row's, since the
+        same geometry may come from a renamed block. The caller checks that ``source`` was
+        labelled with the same settings. Returns the ids copied.
         """
         have = self.done_ids()
-        wanted = set(sids) - have
+        wanted = set(structures) - have
         copied = []
         for row in source.db.select():
             if row.sid in wanted:
-                self.db.write(row.toatoms(), key_value_pairs=dict(row.key_value_pairs), data=dict(row.data))
+                pairs, data = _split_info(structures[row.sid].info)
+                pairs = {**row.key_value_pairs, **pairs, "sid": row.sid}
+                data = {**row.data, **data}
+                self.db.write(row.toatoms(), key_value_pairs=pairs, data=data)
                 self.clear_failure(row.sid)
                 wanted.discard(row.sid)
                 copied.append(row.sid)

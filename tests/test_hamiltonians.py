@@ -109,13 +109,16 @@ def test_labels_and_matrices_are_reused_from_an_earlier_dataset_with_the_same_se
     real = reference._label_one
     monkeypatch.setattr(reference, "_label_one", lambda atoms, **kw: computed.append(atoms.info["name"]) or real(atoms, **kw))
     now = Dataset(tmp_path / "now" / "dataset.db")
-    summary = label_missing([water(), oh_radical()], now, executor="serial", progress=False, store_hamiltonian=True,
+    renamed = water()
+    renamed.info.update(name="water (renamed block)", subset="ions_water")  # same geometry, new provenance
+    summary = label_missing([renamed, oh_radical()], now, executor="serial", progress=False, store_hamiltonian=True,
                             basis="sto-3g", mbd=None, reuse_from=earlier.path)
     assert computed == ["OH radical"] and summary.submitted == 1 and len(now) == 2
     sid = structure_id(water())
     (old,), (new,) = earlier.rows(sid=sid), now.rows(sid=sid)
     assert new.energy == old.energy and np.array_equal(new.forces, old.forces)
     assert np.array_equal(new.data["hirsh_ratios"], old.data["hirsh_ratios"]) and new.level_of_theory == old.level_of_theory
+    assert (new.name, new.subset, new.sid) == ("water (renamed block)", "ions_water", sid)  # the current info
     copied = HamiltonianStore(hamiltonians_path(now.path)).read(sid)
     np.testing.assert_array_equal(copied["hamiltonian"], HamiltonianStore(hamiltonians_path(earlier.path)).read(sid)["hamiltonian"])
     assert copied["units"]["hamiltonian"] and generalized_eigen_residual(copied) < 1e-5
