@@ -35,7 +35,7 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     Gly5 (38 atoms, one core, quiet machine): 846 against 261 CPU-s (3.24x),
     dE 0.010 kcal/mol, dF 0.026 kcal/mol/Å against the default SCF's exact
     gradient (0.11 against its default gradient, whose missing grid-response
-    term is 0.11 by itself): ``meets_target`` in the JSON.
+    term is 0.096 by itself): ``meets_target`` in the JSON.
 (b) MBD@rsSCS energy + forces in JAX (one call, after compilation; the
     compilation time is listed too) against central finite differences of
     pymbd's energy (6N+1 energy calls), with their agreement. Target: at
