@@ -21,6 +21,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ase import Atoms
 
 from ..store import clear_failures, read_structures, record_failure, write_structures
@@ -63,6 +64,8 @@ def _identity(part: Any) -> Any:
         return [_identity(p) for p in part]
     if isinstance(part, Mapping):
         return {str(k): _identity(v) for k, v in sorted(part.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(part, np.ndarray):  # repr elides the middle of a large array
+        return f"array{part.shape}:{hashlib.sha1(np.ascontiguousarray(part).tobytes()).hexdigest()}"
     return repr(part)
 
 
