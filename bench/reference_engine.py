@@ -36,6 +36,14 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     dE 0.010 kcal/mol, dF 0.026 kcal/mol/Å against the default SCF's exact
     gradient (0.11 against its default gradient, whose missing grid-response
     term is 0.096 by itself): ``meets_target`` in the JSON.
+    Gly7 (52 atoms, one core, quiet, another machine of the same kind):
+    1874 against 807 CPU-s, only 2.32x, dE 0.014, dF 0.022 (0.123 against
+    the default gradient): the target is not met there. The chain is long
+    enough for the default's integral screening to pay off, while our grid
+    response grows faster. Where our 329 CPU-s at Gly5 go (cProfile):
+    SCF 178 (XC on the grid 120, DF-JK 55); gradient 142 (XC with grid
+    response 82, of which PySCF's Becke weight derivatives, pure numpy and
+    O(N_atoms^2) per atom, 44; DF-JK 60); Hirshfeld, MBD, dipole 8.
 (b) MBD@rsSCS energy + forces in JAX (one call, after compilation; the
     compilation time is listed too) against central finite differences of
     pymbd's energy (6N+1 energy calls), with their agreement. Target: at
