@@ -119,13 +119,17 @@ def test_water_properties_and_single_scf(monkeypatch) -> None:
     assert len(calls) == 2
 
 
-def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch) -> None:
-    # The level-0 pre-convergence only changes the starting density: energy
+@pytest.mark.parametrize("grid_level", [2, 3])  # coarse stages: level 0; levels 0 and 1
+def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch, grid_level: int) -> None:
+    # The coarse-grid pre-convergence only changes the starting density: energy
     # and forces equal those of a plain full-grid SCF to well inside the
     # paper's criteria (1e-5 eV, 1e-4 eV/Å), and the full-grid SCF reuses the
     # coarse stage's density-fitting object instead of building its own.
-    params = dict(basis="sto-3g", mbd=None, grid_level=2, conv_tol=1e-10, conv_tol_grad=1e-6)
+    params = dict(basis="sto-3g", mbd=None, grid_level=grid_level, conv_tol=1e-10, conv_tol_grad=1e-6)
     coarse_dfs, final_dfs = [], []
+    levels = []
+    make = pbe0._make_scf
+    monkeypatch.setattr(pbe0, "_make_scf", lambda mol, p: levels.append(p["grid_level"]) or make(mol, p))
     pre, run = pbe0._pre_converge, pbe0.run_scf
 
     def spy_pre(mol, p):
@@ -144,6 +148,7 @@ def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch) ->
     staged = label_structure(water(), **params)  # default: pre_grid_level=0 (used from grid level 2)
     assert coarse_dfs[0] is None and coarse_dfs[1] is not None
     assert final_dfs[1] is coarse_dfs[1]
+    assert levels == [grid_level] + list(range(grid_level - 1)) + [grid_level]
     assert abs(staged["energy"] - plain["energy"]) < 1e-6
     np.testing.assert_allclose(staged["forces"], plain["forces"], atol=2e-5)
     np.testing.assert_allclose(staged["hirsh_ratios"], plain["hirsh_ratios"], atol=1e-6)

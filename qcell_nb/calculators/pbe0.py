@@ -69,11 +69,14 @@ what makes >350-atom fragments affordable (about 2x fewer basis functions).
 
 SCF path
 --------
-On the CPU the SCF first converges on PySCF's level-0 grid to
-:data:`PRE_CONV_TOL` (``pre_grid_level``), then on the requested grid from
-that density, reusing the density-fitting tensors: XC integration dominates a
-cycle at these sizes, and the fine grid then needs about 7 instead of 12
+On the CPU the SCF first runs on coarse grids (:data:`PRE_CONVERGENCE`:
+PySCF's level 0 to 1e-4 Ha, then level 1 to 1e-7 Ha, from ``pre_grid_level``
+up and only below ``grid_level - 1``), then on the requested grid from that
+density, reusing the density-fitting tensors: XC integration dominates a
+cycle at these sizes, and the fine grid then needs 4-5 instead of 12-13
 cycles. The result is the fine-grid fixed point (same energy to ~1e-8 eV).
+PySCF's extra confirmation cycle after convergence (``conv_check``) is
+skipped on the fine grid: both criteria already hold at the last cycle.
 
 GPU
 ---
@@ -89,6 +92,7 @@ does not override it (a Dask worker sets it for its own process).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -99,6 +103,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 from pyscf import dft, gto
 
+from qcell_nb.calculators.grid_response import fast_grid_response
 from qcell_nb.calculators.hirshfeld import hirshfeld_analysis
 from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces, mbd_nl_energy_and_forces_from_scf
 from qcell_nb.structures import charge_of, multiplicity_of
@@ -119,8 +124,12 @@ PRESETS: dict[str, dict[str, Any]] = {
               "conv_tol": 1e-9, "conv_tol_grad": None},
 }
 
-#: SCF energy tolerance (Ha) of the coarse-grid pre-convergence (``pre_grid_level``).
-PRE_CONV_TOL = 1e-6
+#: Coarse-grid SCF stages before the requested grid: (levels above ``pre_grid_level``, energy
+#: tolerance in Ha). Measured on Gly3/def2-SVP, grid 3, one core: level 0 to 1e-6 then grid 3,
+#: 9 + 8 cycles; level 0 to 1e-4, level 1 to 1e-7, then grid 3: 7 + 5 + 4 cycles, 18% less CPU
+#: time (the level-0 fixed point is far enough from the fine one, orbital gradient 1.6e-2, that
+#: DIIS restarts from it slowly; level 1's, 3e-4, is close). Grid 4 (Gly2): 15% less.
+PRE_CONVERGENCE: tuple[tuple[int, float], ...] = ((0, 1e-4), (1, 1e-7))
 
 #: Parameters a preset sets.
 PRESET_KEYS = ("basis", "auxbasis", "grid_level", "conv_tol", "conv_tol_grad")
@@ -143,10 +152,10 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "conv_tol": 1e-9,  # Ha
     "conv_tol_grad": None,  # orbital gradient norm; None = PySCF's sqrt(conv_tol)
     "max_cycle": 100,
-    # Converge first on this coarser grid (PySCF grids.level) to PRE_CONV_TOL,
-    # then finish on ``grid_level`` from that density (CPU only; None = off;
-    # used when grid_level exceeds it by 2 or more). The final answer is the
-    # fine-grid fixed point either way; see run_scf.
+    # Converge first on this coarser grid (PySCF grids.level) and the next
+    # (PRE_CONVERGENCE), then finish on ``grid_level`` from that density (CPU
+    # only; None = off; a coarse level is used when grid_level exceeds it by 2
+    # or more). The final answer is the fine-grid fixed point either way; see run_scf.
     "pre_grid_level": 0,
     "mbd": "rsscs",  # "rsscs", "nl" (MBD-NL from the VV polarisability of the density), "ts" or None
     "mbd_beta": None,  # None = libMBD's value for xc (PBE0: 0.85; TS s_R 0.96)
@@ -348,33 +357,41 @@ def _make_scf(mol: gto.Mole, params: dict[str, Any]):
 
 
 def _pre_converge(mol: gto.Mole, params: dict[str, Any]):
-    """Density converged on the coarse ``pre_grid_level`` grid, its DF object and cycles (or None, None, 0).
+    """Density converged on the coarse grids, its DF object and the cycles used (or None, None, 0).
 
     XC integration on the full grid dominates a DF-PBE0 SCF cycle at these
     sizes (Gly2/def2-SVP: ~85% of a cycle); most cycles only move the density
-    towards the fixed point, which the level-0 grid (a cycle ~4x cheaper) does
-    as well. Measured on Gly2/def2-SVP, grid 3, conv_tol 1e-9, one core (CPU
-    time): 11 full-grid cycles + check, 49 s; level-0 to 1e-6 Ha (9 cycles,
-    8 s) then 7 full-grid cycles, 35 s; same energy to 3e-9 eV. (Level 1:
-    9 + 5 cycles, 41 s.)
+    towards the fixed point, which the coarse grids (a level-0 cycle is ~4x,
+    a level-1 one ~2x cheaper than level 3) do as well. Stages: ``pre_grid_level``
+    + each offset of :data:`PRE_CONVERGENCE` that stays 2 or more below
+    ``grid_level``; each starts from the last one's density and reuses its
+    density-fitting tensors.
     """
-    level = params.get("pre_grid_level")
-    if level is None or params.get("_device") == "gpu" or params["grid_level"] < level + 2:
+    start = params.get("pre_grid_level")
+    if start is None or params.get("_device") == "gpu":
         return None, None, 0
-    coarse = _make_scf(mol, {**params, "grid_level": level, "conv_tol": max(PRE_CONV_TOL, params["conv_tol"]),
-                             "conv_tol_grad": None})
-    coarse.conv_check = False
-    coarse.kernel()
-    # Converged or not, the coarse density is only a starting guess.
-    return coarse.make_rdm1(), getattr(coarse, "with_df", None), int(getattr(coarse, "cycles", 0))
+    stages = [(start + offset, tol) for offset, tol in PRE_CONVERGENCE if start + offset <= params["grid_level"] - 2]
+    dm, with_df, cycles = None, None, 0
+    for level, tol in stages:
+        coarse = _make_scf(mol, {**params, "grid_level": level, "conv_tol": max(tol, params["conv_tol"]),
+                                 "conv_tol_grad": None})
+        if with_df is not None:
+            coarse.with_df = with_df
+        coarse.conv_check = False
+        coarse.kernel(dm0=dm)
+        # Converged or not, a coarse density is only a starting guess.
+        dm, with_df = coarse.make_rdm1(), getattr(coarse, "with_df", None)
+        cycles += int(getattr(coarse, "cycles", 0))
+    return dm, with_df, cycles
 
 
 def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     """Converge the SCF, escalating on failure.
 
-    0. (``pre_grid_level``, CPU) converge on a coarse grid to
-    :data:`PRE_CONV_TOL`; its density starts stage 1 and its density-fitting
-    tensors are reused; 1. default DIIS on the full grid; 2. level shift
+    0. (``pre_grid_level``, CPU) converge on coarse grids
+    (:data:`PRE_CONVERGENCE`); the density starts stage 1 and the density-fitting
+    tensors are reused; 1. default DIIS on the full grid, without PySCF's extra
+    confirmation cycle; 2. level shift
     0.25 Ha + damping 0.5 from the last density; 3. second-order (Newton)
     solver from the last orbitals. Each stage gets ``max_cycle`` cycles.
 
@@ -391,6 +408,9 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     mf = _make_scf(mol, params)
     if with_df is not None:
         mf.with_df = with_df  # same molecule and auxbasis: the 3-index tensors are built once
+    # The confirmation cycle costs a full Fock build and changes nothing once both the energy
+    # and the orbital-gradient criteria hold (the rescue stages below keep it).
+    mf.conv_check = False
     mf.kernel(dm0=dm0)
     cycles += int(getattr(mf, "cycles", 0))
     if mf.converged:
@@ -484,8 +504,9 @@ class PBE0MBD(Calculator):
     max_cycle : int
         SCF cycles per rescue stage.
     pre_grid_level : int or None
-        Converge first on this coarse grid (default 0, from ``grid_level`` 2 up;
-        CPU only), then on ``grid_level``; None: full grid from the start.
+        Converge first on this coarse grid and the next (default 0, each used
+        when ``grid_level`` exceeds it by 2 or more; CPU only; see
+        :data:`PRE_CONVERGENCE`), then on ``grid_level``; None: full grid from the start.
     mbd : {"rsscs", "nl", "ts", None}
         Dispersion model (default ``"rsscs"``); ``"nl"`` is MBD-NL with VV polarisabilities
         of the SCF density (see :mod:`qcell_nb.calculators.mbd`).
@@ -606,7 +627,10 @@ class PBE0MBD(Calculator):
         grad = self._mf.nuc_grad_method()
         grad.grid_response = bool(self._resolved["grid_response"])
         grad.verbose = 0
-        g = _to_numpy(grad.kernel())  # Ha/bohr
+        # gpu4pyscf has its own grid-response code; ours replaces PySCF's CPU generator.
+        on_cpu = self._resolved.get("_device") != "gpu"
+        with fast_grid_response(self._mf.grids) if on_cpu and grad.grid_response else contextlib.nullcontext():
+            g = _to_numpy(grad.kernel())  # Ha/bohr
         forces = -g * (Hartree / Bohr) + self._disp_forces
         if not np.all(np.isfinite(forces)):
             raise RuntimeError(f"{self.atoms.info.get('name', 'structure')}: non-finite forces")
