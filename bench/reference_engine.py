@@ -73,6 +73,10 @@ from ase.build import molecule
 from ase.data import s22
 from ase.units import Bohr, Hartree, kcal, mol
 
+# Before pyscf loads: PySCF's bundled OpenBLAS then uses this CPU's kernels (see qcell_nb/__init__),
+# for the default-PySCF side of the comparison as much as for ours.
+import qcell_nb  # noqa: E402,F401
+
 KCAL_MOL = kcal / mol  # eV
 
 

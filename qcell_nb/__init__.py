@@ -17,21 +17,34 @@ if _os.environ.get("QCELL_NB_JAX_CACHE", "1") != "0":
     _os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
-def _amd_cpu_with_avx2() -> bool:
-    """Whether this is a Linux machine with an AMD CPU that has AVX2 and FMA (Zen or later)."""
+def _openblas_core_for_pyscf() -> str | None:
+    """OpenBLAS kernel set to name for this Linux x86 CPU ("Zen", "SkylakeX", "Haswell"), or None.
+
+    AMD with AVX2 and FMA: Zen; Intel with AVX-512F: SkylakeX; Intel with AVX2 and FMA: Haswell;
+    anything else (or no /proc/cpuinfo): None, OpenBLAS's own detection stands.
+    """
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             head = cpuinfo.read(8192)
     except OSError:
-        return False
+        return None
     flags = next((line.split(":", 1)[1].split() for line in head.splitlines() if line.startswith("flags")), [])
-    return "AuthenticAMD" in head and "avx2" in flags and "fma" in flags
+    if "avx2" not in flags or "fma" not in flags:
+        return None
+    if "AuthenticAMD" in head:
+        return "Zen"
+    if "GenuineIntel" in head:
+        return "SkylakeX" if "avx512f" in flags else "Haswell"
+    return None
 
 
-# PySCF's wheel bundles OpenBLAS 0.3.3, which does not recognise recent AMD CPUs and falls back
-# to its 2008 "Barcelona" kernels: half-speed matrix products (a 1500x1500 product: 0.51 s, with
-# the Zen kernels 0.23 s, one thread, measured here), and about 45% of a PBE0 label's time is in
-# them. OpenBLAS reads this when PySCF loads it, so it must be set before pyscf is imported; a
-# value the user set wins, and workers started from this process inherit it.
-if "OPENBLAS_CORETYPE" not in _os.environ and _amd_cpu_with_avx2():
-    _os.environ["OPENBLAS_CORETYPE"] = "Zen"
+# PySCF's wheel bundles OpenBLAS 0.3.3 (2018), which does not recognise later CPUs and falls back
+# to old kernels: recent AMD ones to 2008's "Barcelona" (a 1500x1500 product 0.51 s, with the Zen
+# kernels 0.23 s, one thread), recent Intel Xeons to 2004's SSE3 "Prescott" (DF exchange build of
+# Gly5/def2-SVP 4.4 s, with SkylakeX, which that build runs as Haswell, 2.3 s). Its
+# matrix products are about half of a PBE0 label's time. OpenBLAS reads this when PySCF loads it,
+# so it must be set before pyscf is imported; a value the user set wins, and workers started from
+# this process inherit it. The newer OpenBLAS of numpy and scipy picks the same kernels itself.
+_OPENBLAS_CORE = _openblas_core_for_pyscf()
+if "OPENBLAS_CORETYPE" not in _os.environ and _OPENBLAS_CORE is not None:
+    _os.environ["OPENBLAS_CORETYPE"] = _OPENBLAS_CORE
