@@ -44,6 +44,18 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     SCF 178 (XC on the grid 120, DF-JK 55); gradient 142 (XC with grid
     response 82, of which PySCF's Becke weight derivatives, pure numpy and
     O(N_atoms^2) per atom, 44; DF-JK 60); Hirshfeld, MBD, dipole 8.
+    Since then (qcell_nb.calculators.grid_response; the two-stage coarse-grid
+    SCF start): Becke derivatives from the C cell functions and only the
+    (point, atom) pairs that matter, Gly5 gradient 174 -> 136 CPU-s (131
+    without any grid response); SCF Gly3 62 -> 51 CPU-s. On an AVX-512 Xeon,
+    with PySCF's OpenBLAS on its own Barcelona/Prescott-era kernels
+    (before ``import qcell_nb`` fixed that): Gly1 1.56x, Gly3 2.81x, Gly5
+    2.36x (942 vs 398 CPU-s, dE 0.010, dF 0.026 against the exact gradient).
+    With the proper kernels for both sides: Gly1 1.82x (12.8 vs 7.0 CPU-s),
+    Gly3 2.29x (156 vs 68): the default gains more from fast matrix
+    products at these sizes. Below ~40 atoms both sides are dominated by the
+    same grid work and 3x is out of reach; Gly5 and Gly7 were not re-measured
+    with this code and BLAS.
 (b) MBD@rsSCS energy + forces in JAX (one call, after compilation; the
     compilation time is listed too) against central finite differences of
     pymbd's energy (6N+1 energy calls), with their agreement. Target: at
