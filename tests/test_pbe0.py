@@ -129,7 +129,7 @@ def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch, gr
     coarse_dfs, final_dfs = [], []
     levels = []
     make = pbe0._make_scf
-    monkeypatch.setattr(pbe0, "_make_scf", lambda mol, p: levels.append(p["grid_level"]) or make(mol, p))
+    monkeypatch.setattr(pbe0, "_make_scf", lambda mol, p, **kw: levels.append(p["grid_level"]) or make(mol, p, **kw))
     pre, run = pbe0._pre_converge, pbe0.run_scf
 
     def spy_pre(mol, p):
@@ -211,6 +211,26 @@ def test_scf_failure_names_structure() -> None:
     atoms.calc = PBE0MBD(basis="sto-3g", max_cycle=1, conv_tol=1e-14)
     with pytest.raises(RuntimeError, match=r"stubborn water: SCF did not converge in \d+ cycles"):
         atoms.get_potential_energy()
+
+
+def test_rescue_stages_reuse_the_density_fitting_tensors(monkeypatch) -> None:
+    # Every SCF stage (coarse grids, DIIS, level shift, second order) works on
+    # the same molecule and auxiliary basis, so the 3-index tensors are built once.
+    make, given, made = pbe0._make_scf, [], []
+
+    def spy(mol, p, with_df=None):
+        given.append(with_df)
+        made.append(make(mol, p, with_df=with_df))
+        return made[-1]
+
+    monkeypatch.setattr(pbe0, "_make_scf", spy)
+    atoms = water("stubborn water")
+    atoms.calc = PBE0MBD(basis="sto-3g", mbd=None, max_cycle=1, conv_tol=1e-14)
+    with pytest.raises(RuntimeError, match="did not converge"):
+        atoms.get_potential_energy()
+    assert len(made) == 5  # grid 3: coarse levels 0 and 1, then DIIS, level shift, Newton
+    assert given[0] is None
+    assert all(df is made[0].with_df for df in given[1:])
 
 
 def test_methane_hirshfeld_ratios_in_expected_range() -> None:

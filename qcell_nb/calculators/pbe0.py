@@ -336,8 +336,12 @@ def build_mole(atoms: Atoms, basis: str, charge: int, multiplicity: int, verbose
     return mol
 
 
-def _make_scf(mol: gto.Mole, params: dict[str, Any]):
-    """DF-RKS/UKS object for ``params`` (embedded in MM charges if given; on the GPU if asked)."""
+def _make_scf(mol: gto.Mole, params: dict[str, Any], with_df=None):
+    """DF-RKS/UKS object for ``params`` (embedded in MM charges if given; on the GPU if asked).
+
+    ``with_df``: the density-fitting object of an earlier SCF on the same molecule and
+    auxiliary basis (same device), whose 3-index tensors are then reused instead of rebuilt.
+    """
     mf = dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)
     mf.xc = params["xc"]
     mf.grids.level = params["grid_level"]
@@ -353,6 +357,8 @@ def _make_scf(mol: gto.Mole, params: dict[str, Any]):
         mf = embed_point_charges(mf, params["mm_positions"], params["mm_charges"])
     if params.get("_device") == "gpu":
         mf = mf.to_gpu()
+    if with_df is not None:
+        mf.with_df = with_df
     return mf
 
 
@@ -374,9 +380,7 @@ def _pre_converge(mol: gto.Mole, params: dict[str, Any]):
     dm, with_df, cycles = None, None, 0
     for level, tol in stages:
         coarse = _make_scf(mol, {**params, "grid_level": level, "conv_tol": max(tol, params["conv_tol"]),
-                                 "conv_tol_grad": None})
-        if with_df is not None:
-            coarse.with_df = with_df
+                                 "conv_tol_grad": None}, with_df=with_df)
         coarse.conv_check = False
         coarse.kernel(dm0=dm)
         # Converged or not, a coarse density is only a starting guess.
@@ -389,8 +393,8 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     """Converge the SCF, escalating on failure.
 
     0. (``pre_grid_level``, CPU) converge on coarse grids
-    (:data:`PRE_CONVERGENCE`); the density starts stage 1 and the density-fitting
-    tensors are reused; 1. default DIIS on the full grid, without PySCF's extra
+    (:data:`PRE_CONVERGENCE`); the density starts stage 1, and the density-fitting
+    tensors, built once, serve every stage; 1. default DIIS on the full grid, without PySCF's extra
     confirmation cycle; 2. level shift
     0.25 Ha + damping 0.5 from the last density; 3. second-order (Newton)
     solver from the last orbitals. Each stage gets ``max_cycle`` cycles.
@@ -405,9 +409,8 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
         If no stage converges; the message names the structure.
     """
     dm0, with_df, cycles = _pre_converge(mol, params)
-    mf = _make_scf(mol, params)
-    if with_df is not None:
-        mf.with_df = with_df  # same molecule and auxbasis: the 3-index tensors are built once
+    mf = _make_scf(mol, params, with_df=with_df)
+    with_df = getattr(mf, "with_df", None)  # the rescue stages below reuse it too
     # The confirmation cycle costs a full Fock build and changes nothing once both the energy
     # and the orbital-gradient criteria hold (the rescue stages below keep it).
     mf.conv_check = False
@@ -416,7 +419,7 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     if mf.converged:
         return mf, cycles
 
-    shifted = _make_scf(mol, params)
+    shifted = _make_scf(mol, params, with_df=with_df)
     shifted.level_shift = 0.25
     shifted.damp = 0.5
     shifted.diis_start_cycle = 2
@@ -429,12 +432,12 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
         shifted.damp = 0.0
         return shifted, cycles
 
-    newton = _make_scf(mol, params).newton()
+    newton = _make_scf(mol, params, with_df=with_df).newton()
     newton.kernel(shifted.mo_coeff, shifted.mo_occ)
     cycles += int(getattr(newton, "cycles", 0))
     if newton.converged:
         # Hand results to a plain DF object so gradients use the usual path.
-        mf = _make_scf(mol, params)
+        mf = _make_scf(mol, params, with_df=with_df)
         for key in ("mo_coeff", "mo_occ", "mo_energy", "e_tot", "converged"):
             setattr(mf, key, getattr(newton, key))
         mf.grids.build()  # the plain object has not run, so build its grid
