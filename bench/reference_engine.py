@@ -191,7 +191,7 @@ def ours(atoms: Atoms, **params) -> tuple[float, np.ndarray, Timer, dict]:
 def prime_free_atoms(structures: list[Atoms], basis: str, xc: str = "pbe0") -> None:
     """Compute (or load) the free-atom densities of every element in ``structures``."""
     from qcell_nb.calculators.hirshfeld import free_atom
-    from qcell_nb.calculators.pbe0 import build_mole
+    from qcell_nb.calculators.scf import build_mole
 
     done: set[str] = set()
     for atoms in structures:

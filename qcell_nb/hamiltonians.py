@@ -86,7 +86,7 @@ class HamiltonianStore:
 
     def write(self, sid: str, matrices: dict[str, Any], *, atomic_numbers: Any, positions: Any,
               **attributes: Any) -> bool:
-        """Store one structure's matrices (from :func:`~qcell_nb.calculators.pbe0.kohn_sham_matrices`).
+        """Store one structure's matrices (from :func:`~qcell_nb.calculators.scf.kohn_sham_matrices`).
 
         ``attributes`` (level_of_theory, auxbasis, charge, multiplicity, ...)
         become HDF5 attributes. Returns False (and writes nothing) if ``sid``

@@ -40,6 +40,10 @@ SUBSETS = ("carbohydrates", "nucleic_acids", "lipids", "ions_water", "dimers")
 #: Positions are rounded to this many decimals (Å) before hashing.
 POSITION_DECIMALS = 4
 
+#: Å: atoms closer than this are an input error for the electronic-structure engines
+#: (a bonded H-H pair is 0.74 Å; PySCF and tblite fail obscurely on overlapping atoms).
+OVERLAP_DISTANCE = 0.5
+
 
 def charge_of(atoms: Atoms) -> int:
     """Total charge in e from ``atoms.info['charge']`` (default 0)."""
@@ -55,6 +59,19 @@ def multiplicity_of(atoms: Atoms) -> int:
         return int(atoms.info["multiplicity"])
     n_electrons = int(atoms.get_atomic_numbers().sum()) - charge_of(atoms)
     return 1 if n_electrons % 2 == 0 else 2
+
+
+def closest_pair(atoms: Atoms) -> tuple[int, int, float]:
+    """The two closest atoms ``(i, j, distance in Å)`` with ``i < j``; ``(0, 0, inf)`` below two atoms.
+
+    Periodic structures use the minimum-image distance.
+    """
+    if len(atoms) < 2:
+        return 0, 0, float("inf")
+    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    upper = np.triu_indices(len(atoms), k=1)
+    k = int(np.argmin(distances[upper]))
+    return int(upper[0][k]), int(upper[1][k]), float(distances[upper][k])
 
 
 def reads_as_scalar(text: str) -> bool:

@@ -11,12 +11,13 @@ from ase.build import molecule
 from ase.data import s22
 from ase.units import Debye, Hartree, kcal, mol
 
-from qcell_nb.calculators import pbe0
+from qcell_nb.calculators import pbe0, scf
 from qcell_nb.calculators.mbd import default_damping, mbd_energy
 from qcell_nb.calculators.pbe0 import (
-    AUTO_INTERMEDIATE_ATOMS, LEVEL_OF_THEORY, PBE0MBD, PRESETS, gpu_status, interaction_energy,
+    AUTO_INTERMEDIATE_ATOMS, LEVEL_OF_THEORY, PBE0MBD, PRESETS, interaction_energy,
     label_structure, level_of_theory, resolve_parameters,
 )
+from qcell_nb.calculators.scf import gpu_status
 
 
 @pytest.fixture(autouse=True)
@@ -128,9 +129,9 @@ def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch, gr
     params = dict(basis="sto-3g", mbd=None, grid_level=grid_level, conv_tol=1e-10, conv_tol_grad=1e-6)
     coarse_dfs, final_dfs = [], []
     levels = []
-    make = pbe0._make_scf
-    monkeypatch.setattr(pbe0, "_make_scf", lambda mol, p, **kw: levels.append(p["grid_level"]) or make(mol, p, **kw))
-    pre, run = pbe0._pre_converge, pbe0.run_scf
+    make = scf._make_scf
+    monkeypatch.setattr(scf, "_make_scf", lambda mol, p, **kw: levels.append(p["grid_level"]) or make(mol, p, **kw))
+    pre, run = scf._pre_converge, scf.run_scf
 
     def spy_pre(mol, p):
         dm0, with_df, cycles = pre(mol, p)
@@ -142,7 +143,7 @@ def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch, gr
         final_dfs.append(mf.with_df)
         return mf, cycles
 
-    monkeypatch.setattr(pbe0, "_pre_converge", spy_pre)
+    monkeypatch.setattr(scf, "_pre_converge", spy_pre)
     monkeypatch.setattr(pbe0, "run_scf", spy_run)
     plain = label_structure(water(), pre_grid_level=None, **params)
     staged = label_structure(water(), **params)  # default: pre_grid_level=0 (used from grid level 2)
@@ -216,14 +217,14 @@ def test_scf_failure_names_structure() -> None:
 def test_rescue_stages_reuse_the_density_fitting_tensors(monkeypatch) -> None:
     # Every SCF stage (coarse grids, DIIS, level shift, second order) works on
     # the same molecule and auxiliary basis, so the 3-index tensors are built once.
-    make, given, made = pbe0._make_scf, [], []
+    make, given, made = scf._make_scf, [], []
 
     def spy(mol, p, with_df=None):
         given.append(with_df)
         made.append(make(mol, p, with_df=with_df))
         return made[-1]
 
-    monkeypatch.setattr(pbe0, "_make_scf", spy)
+    monkeypatch.setattr(scf, "_make_scf", spy)
     atoms = water("stubborn water")
     atoms.calc = PBE0MBD(basis="sto-3g", mbd=None, max_cycle=1, conv_tol=1e-14)
     with pytest.raises(RuntimeError, match="did not converge"):

@@ -4,7 +4,7 @@ from ase.build import molecule
 
 from qcell_nb.store import (Dataset, clear_failures, failures_path_of, read_failures, read_structures,
                             record_failure, write_structures)
-from qcell_nb.structures import multiplicity_of, structure_id
+from qcell_nb.structures import closest_pair, multiplicity_of, structure_id
 
 
 def water(**info):
@@ -57,6 +57,16 @@ def test_info_texts_that_read_as_numbers_or_bools_round_trip_as_texts(tmp_path):
     assert {k: back.info[k] for k in ("label", "flag", "code", "nan_name", "tag")} == {
         "label": "1e5", "flag": "True", "code": "0042", "nan_name": "nan", "tag": "B-DNA"}
     assert read_structures(tmp_path / "s.db", tag="B-DNA")  # ordinary texts stay searchable
+
+
+def test_closest_pair_names_the_two_atoms_and_uses_the_minimum_image():
+    from ase import Atoms
+
+    atoms = Atoms("H3", positions=[[0, 0, 0], [0, 0, 3.0], [0, 0, 0.8]])
+    assert closest_pair(atoms) == (0, 2, pytest.approx(0.8))
+    assert closest_pair(atoms[:1]) == (0, 0, float("inf"))
+    periodic = Atoms("H2", positions=[[0, 0, 0.1], [0, 0, 4.7]], cell=[5, 5, 5], pbc=True)
+    assert closest_pair(periodic)[2] == pytest.approx(0.4)  # across the cell face, not 4.6
 
 
 def test_default_multiplicity_follows_electron_count():

@@ -67,16 +67,8 @@ density-fitting error (a property of the level of theory, not of convergence).
 ``intermediate`` differs from ``tight`` in the orbital basis only, which is
 what makes >350-atom fragments affordable (about 2x fewer basis functions).
 
-SCF path
---------
-On the CPU the SCF first runs on coarse grids (:data:`PRE_CONVERGENCE`:
-PySCF's level 0 to 1e-4 Ha, then level 1 to 1e-7 Ha, from ``pre_grid_level``
-up and only below ``grid_level - 1``), then on the requested grid from that
-density, reusing the density-fitting tensors: XC integration dominates a
-cycle at these sizes, and the fine grid then needs 4-5 instead of 12-13
-cycles. The result is the fine-grid fixed point (same energy to ~1e-8 eV).
-PySCF's extra confirmation cycle after convergence (``conv_check``) is
-skipped on the fine grid: both criteria already hold at the last cycle.
+The SCF itself (coarse-grid start, rescue stages, input checks) is
+:mod:`qcell_nb.calculators.scf`.
 
 GPU
 ---
@@ -94,22 +86,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
-from pyscf import dft, gto
 
 from qcell_nb.calculators.grid_response import fast_grid_response
 from qcell_nb.calculators.hirshfeld import hirshfeld_analysis
 from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces, mbd_nl_energy_and_forces_from_scf
+from qcell_nb.calculators.scf import (
+    build_mole,
+    check_structure,
+    kohn_sham_matrices,
+    run_scf,
+    select_device,
+    to_numpy,
+)
 from qcell_nb.structures import charge_of, multiplicity_of
-
-#: Closest allowed interatomic distance (Å); closer pairs are rejected.
-MIN_DISTANCE = 0.5
 
 #: With ``preset="auto"``: fragments with more atoms than this get "intermediate".
 AUTO_INTERMEDIATE_ATOMS = 350
@@ -123,13 +118,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "light": {"basis": "def2-svp", "auxbasis": "def2-universal-jkfit", "grid_level": 3,
               "conv_tol": 1e-9, "conv_tol_grad": None},
 }
-
-#: Coarse-grid SCF stages before the requested grid: (levels above ``pre_grid_level``, energy
-#: tolerance in Ha). Measured on Gly3/def2-SVP, grid 3, one core: level 0 to 1e-6 then grid 3,
-#: 9 + 8 cycles; level 0 to 1e-4, level 1 to 1e-7, then grid 3: 7 + 5 + 4 cycles, 18% less CPU
-#: time (the level-0 fixed point is far enough from the fine one, orbital gradient 1.6e-2, that
-#: DIIS restarts from it slowly; level 1's, 3e-4, is close). Grid 4 (Gly2): 15% less.
-PRE_CONVERGENCE: tuple[tuple[int, float], ...] = ((0, 1e-4), (1, 1e-7))
 
 #: Parameters a preset sets.
 PRESET_KEYS = ("basis", "auxbasis", "grid_level", "conv_tol", "conv_tol_grad")
@@ -153,9 +141,9 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "conv_tol_grad": None,  # orbital gradient norm; None = PySCF's sqrt(conv_tol)
     "max_cycle": 100,
     # Converge first on this coarser grid (PySCF grids.level) and the next
-    # (PRE_CONVERGENCE), then finish on ``grid_level`` from that density (CPU
+    # (scf.PRE_CONVERGENCE), then finish on ``grid_level`` from that density (CPU
     # only; None = off; a coarse level is used when grid_level exceeds it by 2
-    # or more). The final answer is the fine-grid fixed point either way; see run_scf.
+    # or more). The final answer is the fine-grid fixed point either way; see scf.run_scf.
     "pre_grid_level": 0,
     "mbd": "rsscs",  # "rsscs", "nl" (MBD-NL from the VV polarisability of the density), "ts" or None
     "mbd_beta": None,  # None = libMBD's value for xc (PBE0: 0.85; TS s_R 0.96)
@@ -236,254 +224,6 @@ def level_of_theory(
 LEVEL_OF_THEORY = level_of_theory()
 
 
-def gpu_status() -> tuple[bool, str]:
-    """Whether gpu4pyscf and a CUDA device are usable here, and why not if not."""
-    try:
-        import cupy
-        import gpu4pyscf  # noqa: F401
-    except ImportError as err:
-        return False, f"gpu4pyscf/cupy not importable ({err}); install gpu4pyscf-cuda12x for GPU runs"
-    try:
-        n_devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # noqa: BLE001 - CUDA raises driver-specific types
-        return False, f"no usable CUDA device ({err})"
-    if n_devices < 1:
-        return False, "no CUDA device visible"
-    return True, f"gpu4pyscf on {n_devices} CUDA device(s)"
-
-
-def select_device(device: str) -> str:
-    """``"cpu"`` or ``"gpu"`` for a requested ``"auto"``/``"cpu"``/``"gpu"``.
-
-    Raises
-    ------
-    RuntimeError
-        ``device="gpu"`` but gpu4pyscf or a CUDA device is missing.
-    """
-    if device == "cpu":
-        return "cpu"
-    ok, why = gpu_status()
-    if device == "gpu" and not ok:
-        raise RuntimeError(f"device='gpu' requested but the GPU path is unavailable: {why}")
-    return "gpu" if ok else "cpu"
-
-
-def _to_numpy(array: Any) -> np.ndarray:
-    """NumPy copy of a NumPy or CuPy array."""
-    return np.asarray(array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else array)
-
-
-def check_structure(atoms: Atoms, basis: str, charge: int, multiplicity: int) -> None:
-    """Reject inputs PySCF would fail on obscurely, with a clear ValueError.
-
-    Raises
-    ------
-    ValueError
-        Two atoms closer than :data:`MIN_DISTANCE`; an element ``basis`` lacks;
-        electron count inconsistent with ``multiplicity``.
-    """
-    name = atoms.info.get("name", "structure")
-    symbols = atoms.get_chemical_symbols()
-    if len(atoms) == 0:
-        raise ValueError(f"{name}: no atoms")
-    if len(atoms) > 1:
-        dist = atoms.get_all_distances()
-        np.fill_diagonal(dist, np.inf)
-        i, j = np.unravel_index(np.argmin(dist), dist.shape)
-        if dist[i, j] < MIN_DISTANCE:
-            raise ValueError(
-                f"{name}: atoms {i} ({symbols[i]}) and {j} ({symbols[j]}) are "
-                f"{dist[i, j]:.3f} Å apart (minimum {MIN_DISTANCE} Å)"
-            )
-    if isinstance(basis, str):
-        for symbol in sorted(set(symbols)):
-            try:
-                shells = gto.basis.load(basis, symbol)
-            except Exception as err:  # PySCF raises several types for unknown names
-                raise ValueError(f"{name}: basis {basis!r} has no functions for element {symbol} ({err})") from None
-            if not shells:
-                raise ValueError(f"{name}: basis {basis!r} has no functions for element {symbol}")
-    if multiplicity < 1:
-        raise ValueError(f"{name}: multiplicity must be >= 1, got {multiplicity}")
-    n_electrons = int(atoms.get_atomic_numbers().sum()) - charge
-    if n_electrons < multiplicity - 1 or (n_electrons - (multiplicity - 1)) % 2:
-        raise ValueError(
-            f"{name}: {n_electrons} electrons (charge {charge}) cannot have multiplicity {multiplicity}"
-        )
-
-
-def build_mole(atoms: Atoms, basis: str, charge: int, multiplicity: int, verbose: int = 0,
-               ghosts: Sequence[int] = ()) -> gto.Mole:
-    """PySCF molecule (Å input, spherical AOs) for ``atoms``.
-
-    Atoms listed in ``ghosts`` carry their basis functions (and grid) but no
-    nucleus or electrons: the counterpoise correction's partner basis.
-    """
-    ghost_set = set(int(i) for i in ghosts)
-    mol = gto.Mole()
-    mol.atom = [(f"ghost-{s}" if i in ghost_set else s, tuple(p))
-                for i, (s, p) in enumerate(zip(atoms.get_chemical_symbols(), atoms.get_positions()))]
-    mol.unit = "Angstrom"
-    mol.basis = basis
-    # def2 bases beyond Kr are defined together with an ECP of the same name.
-    heavy = sorted({s for s, z in zip(atoms.get_chemical_symbols(), atoms.numbers) if z > 36})
-    if heavy and isinstance(basis, str) and basis.lower().startswith("def2"):
-        mol.ecp = {s: basis for s in heavy}
-    mol.charge = charge
-    mol.spin = multiplicity - 1
-    mol.verbose = verbose
-    mol.build()
-    return mol
-
-
-def _make_scf(mol: gto.Mole, params: dict[str, Any], with_df=None):
-    """DF-RKS/UKS object for ``params`` (embedded in MM charges if given; on the GPU if asked).
-
-    ``with_df``: the density-fitting object of an earlier SCF on the same molecule and
-    auxiliary basis (same device), whose 3-index tensors are then reused instead of rebuilt.
-    """
-    mf = dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)
-    mf.xc = params["xc"]
-    mf.grids.level = params["grid_level"]
-    mf.conv_tol = params["conv_tol"]
-    if params.get("conv_tol_grad") is not None:
-        mf.conv_tol_grad = params["conv_tol_grad"]
-    mf.max_cycle = params["max_cycle"]
-    mf.verbose = params["verbose"]
-    mf = mf.density_fit(auxbasis=params["auxbasis"])
-    if params.get("mm_charges") is not None:
-        from qcell_nb.calculators.qmmm import embed_point_charges
-
-        mf = embed_point_charges(mf, params["mm_positions"], params["mm_charges"])
-    if params.get("_device") == "gpu":
-        mf = mf.to_gpu()
-    if with_df is not None:
-        mf.with_df = with_df
-    return mf
-
-
-def _pre_converge(mol: gto.Mole, params: dict[str, Any]):
-    """Density converged on the coarse grids, its DF object and the cycles used (or None, None, 0).
-
-    XC integration on the full grid dominates a DF-PBE0 SCF cycle at these
-    sizes (Gly2/def2-SVP: ~85% of a cycle); most cycles only move the density
-    towards the fixed point, which the coarse grids (a level-0 cycle is ~4x,
-    a level-1 one ~2x cheaper than level 3) do as well. Stages: ``pre_grid_level``
-    + each offset of :data:`PRE_CONVERGENCE` that stays 2 or more below
-    ``grid_level``; each starts from the last one's density and reuses its
-    density-fitting tensors.
-    """
-    start = params.get("pre_grid_level")
-    if start is None or params.get("_device") == "gpu":
-        return None, None, 0
-    stages = [(start + offset, tol) for offset, tol in PRE_CONVERGENCE if start + offset <= params["grid_level"] - 2]
-    dm, with_df, cycles = None, None, 0
-    for level, tol in stages:
-        coarse = _make_scf(mol, {**params, "grid_level": level, "conv_tol": max(tol, params["conv_tol"]),
-                                 "conv_tol_grad": None}, with_df=with_df)
-        coarse.conv_check = False
-        coarse.kernel(dm0=dm)
-        # Converged or not, a coarse density is only a starting guess.
-        dm, with_df = coarse.make_rdm1(), getattr(coarse, "with_df", None)
-        cycles += int(getattr(coarse, "cycles", 0))
-    return dm, with_df, cycles
-
-
-def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
-    """Converge the SCF, escalating on failure.
-
-    0. (``pre_grid_level``, CPU) converge on coarse grids
-    (:data:`PRE_CONVERGENCE`); the density starts stage 1, and the density-fitting
-    tensors, built once, serve every stage; 1. default DIIS on the full grid, without PySCF's extra
-    confirmation cycle; 2. level shift
-    0.25 Ha + damping 0.5 from the last density; 3. second-order (Newton)
-    solver from the last orbitals. Each stage gets ``max_cycle`` cycles.
-
-    Returns
-    -------
-    mf : SCF object (converged), total cycles used (int, the coarse ones included)
-
-    Raises
-    ------
-    RuntimeError
-        If no stage converges; the message names the structure.
-    """
-    dm0, with_df, cycles = _pre_converge(mol, params)
-    mf = _make_scf(mol, params, with_df=with_df)
-    with_df = getattr(mf, "with_df", None)  # the rescue stages below reuse it too
-    # The confirmation cycle costs a full Fock build and changes nothing once both the energy
-    # and the orbital-gradient criteria hold (the rescue stages below keep it).
-    mf.conv_check = False
-    mf.kernel(dm0=dm0)
-    cycles += int(getattr(mf, "cycles", 0))
-    if mf.converged:
-        return mf, cycles
-
-    shifted = _make_scf(mol, params, with_df=with_df)
-    shifted.level_shift = 0.25
-    shifted.damp = 0.5
-    shifted.diis_start_cycle = 2
-    shifted.kernel(dm0=mf.make_rdm1())
-    cycles += int(getattr(shifted, "cycles", 0))
-    if shifted.converged:
-        # Level shift only changes the path, not the fixed point; clear it so
-        # gradients and analysis see the plain Fock matrix.
-        shifted.level_shift = 0.0
-        shifted.damp = 0.0
-        return shifted, cycles
-
-    newton = _make_scf(mol, params, with_df=with_df).newton()
-    newton.kernel(shifted.mo_coeff, shifted.mo_occ)
-    cycles += int(getattr(newton, "cycles", 0))
-    if newton.converged:
-        # Hand results to a plain DF object so gradients use the usual path.
-        mf = _make_scf(mol, params, with_df=with_df)
-        for key in ("mo_coeff", "mo_occ", "mo_energy", "e_tot", "converged"):
-            setattr(mf, key, getattr(newton, key))
-        mf.grids.build()  # the plain object has not run, so build its grid
-        return mf, cycles
-    raise RuntimeError(
-        f"{name}: SCF did not converge in {cycles} cycles "
-        f"(DIIS, level shift + damping, second-order; conv_tol={params['conv_tol']:g} Ha)"
-    )
-
-
-def kohn_sham_matrices(mf) -> dict[str, Any]:
-    """Kohn-Sham matrix, overlap and orbitals of a converged SCF, in the AO basis.
-
-    Returns
-    -------
-    dict
-        ``hamiltonian`` (nao, nao) or (2, nao, nao) for UKS (alpha, beta), Ha:
-        the Fock/KS matrix of the converged density (no level shift);
-        ``overlap`` (nao, nao); ``orbital_energies`` (nmo,) or (2, nmo), Ha;
-        ``orbital_coefficients`` (nao, nmo) or (2, nao, nmo);
-        ``occupations``; ``ao_labels`` (list of str, PySCF order, spherical
-        AOs); ``basis`` (str); ``restricted`` (bool). The orbitals are the
-        eigenvectors of the stored matrix, so ``F C = S C diag(e)`` holds to
-        round-off; they differ from the SCF's last orbitals (those of the
-        previous cycle's Fock matrix) within the SCF convergence.
-    """
-    dm = mf.make_rdm1()
-    fock = mf.get_fock(dm=dm)
-    overlap = mf.get_ovlp()
-    # The SCF's mo_energy belong to the Fock matrix one cycle earlier: with few cycles (a
-    # pre-converged start) they miss the stored matrix's eigenvalues by ~1e-6 Ha.
-    orbital_energies, orbital_coefficients = mf.eig(fock, overlap)
-    occupations = mf.get_occ(orbital_energies, orbital_coefficients)
-    mol = mf.mol
-    return {
-        "hamiltonian": _to_numpy(fock),
-        "overlap": _to_numpy(overlap),
-        "orbital_energies": _to_numpy(orbital_energies),
-        "orbital_coefficients": _to_numpy(orbital_coefficients),
-        "occupations": _to_numpy(occupations),
-        "ao_labels": [label.strip() for label in mol.ao_labels()],
-        "basis": mol.basis if isinstance(mol.basis, str) else "custom",
-        "restricted": mol.spin == 0,
-    }
-
-
 class PBE0MBD(Calculator):
     """PBE0+MBD@rsSCS with PySCF density fitting and JAX MBD.
 
@@ -509,7 +249,7 @@ class PBE0MBD(Calculator):
     pre_grid_level : int or None
         Converge first on this coarse grid and the next (default 0, each used
         when ``grid_level`` exceeds it by 2 or more; CPU only; see
-        :data:`PRE_CONVERGENCE`), then on ``grid_level``; None: full grid from the start.
+        :data:`~qcell_nb.calculators.scf.PRE_CONVERGENCE`), then on ``grid_level``; None: full grid from the start.
     mbd : {"rsscs", "nl", "ts", None}
         Dispersion model (default ``"rsscs"``); ``"nl"`` is MBD-NL with VV polarisabilities
         of the SCF density (see :mod:`qcell_nb.calculators.mbd`).
@@ -633,7 +373,7 @@ class PBE0MBD(Calculator):
         # gpu4pyscf has its own grid-response code; ours replaces PySCF's CPU generator.
         on_cpu = self._resolved.get("_device") != "gpu"
         with fast_grid_response(self._mf.grids) if on_cpu and grad.grid_response else contextlib.nullcontext():
-            g = _to_numpy(grad.kernel())  # Ha/bohr
+            g = to_numpy(grad.kernel())  # Ha/bohr
         forces = -g * (Hartree / Bohr) + self._disp_forces
         if not np.all(np.isfinite(forces)):
             raise RuntimeError(f"{self.atoms.info.get('name', 'structure')}: non-finite forces")

@@ -36,7 +36,8 @@ from ase import Atoms
 from ase.units import Bohr, Hartree
 from pyscf import qmmm
 
-from qcell_nb.calculators.pbe0 import _to_numpy, label_structure
+from qcell_nb.calculators.pbe0 import label_structure
+from qcell_nb.calculators.scf import to_numpy
 
 #: TIP3P partial charges (e) by element (W. L. Jorgensen et al., J. Chem. Phys. 79, 926 (1983)).
 TIP3P_CHARGES = {"O": -0.834, "H": 0.417}
@@ -104,7 +105,7 @@ def point_charge_forces(grad, mf) -> np.ndarray:
     dm = mf.make_rdm1()
     if getattr(dm, "ndim", 2) == 3:  # UKS: alpha + beta
         dm = dm[0] + dm[1]
-    gradient = _to_numpy(grad.grad_hcore_mm(dm)) + _to_numpy(grad.grad_nuc_mm())  # Ha/bohr
+    gradient = to_numpy(grad.grad_hcore_mm(dm)) + to_numpy(grad.grad_nuc_mm())  # Ha/bohr
     return -gradient * (Hartree / Bohr)
 
 

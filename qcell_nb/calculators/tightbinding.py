@@ -51,7 +51,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.optimize import LBFGS
 
-from ..structures import charge_of, multiplicity_of, structure_id
+from ..structures import OVERLAP_DISTANCE, charge_of, closest_pair, multiplicity_of, structure_id
 
 __all__ = ["METHOD", "METHODS", "MBDCorrected", "TightBindingError", "charge_population_ratios", "gfn2_calculator",
            "method_label", "optimise", "resolve_method", "single_point", "single_point_energy",
@@ -68,7 +68,7 @@ Method = Literal["gfn2-xtb", "dftb3-3ob"]
 TB_MBD_BETA = 0.83
 
 #: Non-periodic atoms closer than this (Å) are taken as an input error.
-MIN_DISTANCE = 0.5
+MIN_DISTANCE = OVERLAP_DISTANCE
 
 
 class TightBindingError(RuntimeError):
@@ -85,10 +85,8 @@ def _check_input(atoms: Atoms) -> None:
         raise ValueError(f"structure {_label(atoms)} has no atoms")
     if not np.all(np.isfinite(atoms.positions)):
         raise ValueError(f"structure {_label(atoms)} has non-finite positions")
-    if len(atoms) > 1 and not atoms.pbc.any():
-        from scipy.spatial.distance import pdist
-
-        closest = float(pdist(atoms.positions).min())
+    if not atoms.pbc.any():
+        closest = closest_pair(atoms)[2]
         if closest < MIN_DISTANCE:
             raise ValueError(f"structure {_label(atoms)} has overlapping atoms "
                              f"({closest:.3f} Å apart, below {MIN_DISTANCE} Å)")

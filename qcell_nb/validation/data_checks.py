@@ -13,7 +13,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from ..figures import finish_figure
-from ..structures import structure_id
+from ..structures import closest_pair, structure_id
 
 #: Å: closer pairs are unphysical for a ground-state fragment.
 MIN_DISTANCE = 0.25
@@ -23,10 +23,7 @@ MAX_FORCE = 25.0
 
 def minimum_distance(atoms: Atoms) -> float:
     """Shortest interatomic distance in Å (minimum image where the structure is periodic); inf for one atom."""
-    if len(atoms) < 2:
-        return float("inf")
-    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
-    return float(distances[np.triu_indices(len(atoms), k=1)].min())
+    return closest_pair(atoms)[2]
 
 
 def flag_outliers(structures: Sequence[Atoms], min_distance: float = MIN_DISTANCE,
