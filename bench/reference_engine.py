@@ -32,30 +32,33 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     default SCF's forces with that term (``..._vs_default_with_grid_response``),
     which is what density fitting and our settings change: 0.018 (Gly1) and
     0.026 (Gly3) kcal/mol/Å, against 0.051 and 0.071 from plain default.
-    Gly5 (38 atoms, one core, quiet machine): 846 against 261 CPU-s (3.24x),
-    dE 0.010 kcal/mol, dF 0.026 kcal/mol/Å against the default SCF's exact
-    gradient (0.11 against its default gradient, whose missing grid-response
-    term is 0.096 by itself): ``meets_target`` in the JSON.
-    Gly7 (52 atoms, one core, quiet, another machine of the same kind):
-    1874 against 807 CPU-s, only 2.32x, dE 0.014, dF 0.022 (0.123 against
-    the default gradient): the target is not met there. The chain is long
-    enough for the default's integral screening to pay off, while our grid
-    response grows faster. Where our 329 CPU-s at Gly5 go (cProfile):
-    SCF 178 (XC on the grid 120, DF-JK 55); gradient 142 (XC with grid
-    response 82, of which PySCF's Becke weight derivatives, pure numpy and
-    O(N_atoms^2) per atom, 44; DF-JK 60); Hirshfeld, MBD, dipole 8.
-    Since then (qcell_nb.calculators.grid_response; the two-stage coarse-grid
-    SCF start): Becke derivatives from the C cell functions and only the
-    (point, atom) pairs that matter, Gly5 gradient 174 -> 136 CPU-s (131
-    without any grid response); SCF Gly3 62 -> 51 CPU-s. On an AVX-512 Xeon,
-    with PySCF's OpenBLAS on its own Barcelona/Prescott-era kernels
-    (before ``import qcell_nb`` fixed that): Gly1 1.56x, Gly3 2.81x, Gly5
-    2.36x (942 vs 398 CPU-s, dE 0.010, dF 0.026 against the exact gradient).
-    With the proper kernels for both sides: Gly1 1.82x (12.8 vs 7.0 CPU-s),
-    Gly3 2.29x (156 vs 68): the default gains more from fast matrix
-    products at these sizes. Below ~40 atoms both sides are dominated by the
-    same grid work and 3x is out of reach; Gly5 and Gly7 were not re-measured
-    with this code and BLAS.
+
+    Current figures (one core, AVX-512 Xeon, PySCF's OpenBLAS on proper
+    kernels for both sides, CPU-s, default vs ours):
+
+    ======  =====  =======  =====  ========  ==========================
+    size    atoms  default  ours   speed-up  dE / dF vs exact-gradient
+    ======  =====  =======  =====  ========  ==========================
+    Gly1    10     12.8     7.0    1.82x     0.005 / 0.018
+    Gly3    24     156      68     2.29x     0.008 / 0.026
+    Gly5    38     752.5    194.9  3.86x     0.010 / 0.026
+    Gly7    52     1449     500    2.90x     0.014 / 0.022
+    ======  =====  =======  =====  ========  ==========================
+
+    (dE kcal/mol, dF max kcal/mol/Å against the default SCF's forces with
+    grid response; against its plain gradient 0.05-0.12, almost all the
+    missing grid-response term.) The target is met at Gly5 only. Below ~40
+    atoms both sides are dominated by the same grid-3 XC work (Gly1: ours
+    5.1 s after the free-atom cache, of which coarse SCF 1.3, fine SCF 1.75,
+    gradient 1.85; 3x would need < 3.4 s). From ~50 atoms the default's
+    direct-SCF integral screening pays off, while our DF exchange build
+    (each SCF cycle, coarse ones included) and DF-JK gradient grow faster:
+    Gly5 ours 190 s = SCF 113 (coarse 65, fine 48) + gradient 76 (DF-JK 45,
+    XC with grid response 31) + Hirshfeld/MBD 3. Tried without gain: caching
+    AO values across SCF cycles, PySCF's sparse XC path, a SAD guess from the
+    cached free atoms, PBE in the level-0 stage. Gly1 and Gly3 were measured
+    before the rescue stages shared the DF tensors (which does not change a
+    converging SCF) and the free-atom warm-up; Gly5 and Gly7 after.
 (b) MBD@rsSCS energy + forces in JAX (one call, after compilation; the
     compilation time is listed too) against central finite differences of
     pymbd's energy (6N+1 energy calls), with their agreement. Target: at
