@@ -51,7 +51,9 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     atoms both sides are dominated by the same grid-3 XC work (Gly1: ours
     5.1 s after the free-atom cache, of which coarse SCF 1.3, fine SCF 1.75,
     gradient 1.85; 3x would need < 3.4 s). From ~50 atoms the default's
-    direct-SCF integral screening pays off, while our DF exchange build
+    direct-SCF integral screening pays off on this linear chain (Gly5 to
+    Gly7: CPU time ~N^2.1 for the default, ~N^3.0 for ours), while our DF
+    exchange build
     (each SCF cycle, coarse ones included) and DF-JK gradient grow faster:
     Gly5 ours 190 s = SCF 113 (coarse 65, fine 48) + gradient 76 (DF-JK 45,
     XC with grid response 31) + Hirshfeld/MBD 3. Tried without gain: caching
