@@ -69,9 +69,10 @@ def closest_pair(atoms: Atoms) -> tuple[int, int, float]:
     if len(atoms) < 2:
         return 0, 0, float("inf")
     distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
-    upper = np.triu_indices(len(atoms), k=1)
-    k = int(np.argmin(distances[upper]))
-    return int(upper[0][k]), int(upper[1][k]), float(distances[upper][k])
+    i, j = np.triu_indices(len(atoms), k=1)
+    pair_distances = distances[i, j]
+    k = int(np.argmin(pair_distances))
+    return int(i[k]), int(j[k]), float(pair_distances[k])
 
 
 def reads_as_scalar(text: str) -> bool:

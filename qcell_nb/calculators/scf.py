@@ -37,9 +37,6 @@ from pyscf import dft, gto
 
 from qcell_nb.structures import OVERLAP_DISTANCE, closest_pair
 
-#: Closest allowed interatomic distance (Å); closer pairs are rejected.
-MIN_DISTANCE = OVERLAP_DISTANCE
-
 #: Coarse-grid SCF stages before the requested grid: (levels above ``pre_grid_level``, energy
 #: tolerance in Ha). Measured on Gly3/def2-SVP, grid 3, one core: level 0 to 1e-6 then grid 3,
 #: 9 + 8 cycles; level 0 to 1e-4, level 1 to 1e-7, then grid 3: 7 + 5 + 4 cycles, 18% less CPU
@@ -91,7 +88,7 @@ def check_structure(atoms: Atoms, basis: str, charge: int, multiplicity: int) ->
     Raises
     ------
     ValueError
-        Two atoms closer than :data:`MIN_DISTANCE`; an element ``basis`` lacks;
+        Two atoms closer than :data:`~qcell_nb.structures.OVERLAP_DISTANCE`; an element ``basis`` lacks;
         electron count inconsistent with ``multiplicity``.
     """
     name = atoms.info.get("name", "structure")
@@ -99,10 +96,10 @@ def check_structure(atoms: Atoms, basis: str, charge: int, multiplicity: int) ->
     if len(atoms) == 0:
         raise ValueError(f"{name}: no atoms")
     i, j, distance = closest_pair(atoms)
-    if distance < MIN_DISTANCE:
+    if distance < OVERLAP_DISTANCE:
         raise ValueError(
             f"{name}: atoms {i} ({symbols[i]}) and {j} ({symbols[j]}) are "
-            f"{distance:.3f} Å apart (minimum {MIN_DISTANCE} Å)"
+            f"{distance:.3f} Å apart (minimum {OVERLAP_DISTANCE} Å)"
         )
     if isinstance(basis, str):
         for symbol in sorted(set(symbols)):

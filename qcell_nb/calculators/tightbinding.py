@@ -67,9 +67,6 @@ Method = Literal["gfn2-xtb", "dftb3-3ob"]
 #: ``Beta`` of its MBD block, used with DFTB3/3ob).
 TB_MBD_BETA = 0.83
 
-#: Non-periodic atoms closer than this (Å) are taken as an input error.
-MIN_DISTANCE = OVERLAP_DISTANCE
-
 
 class TightBindingError(RuntimeError):
     """A tight-binding calculation failed (SCF, spin state, non-finite result)."""
@@ -87,9 +84,9 @@ def _check_input(atoms: Atoms) -> None:
         raise ValueError(f"structure {_label(atoms)} has non-finite positions")
     if not atoms.pbc.any():
         closest = closest_pair(atoms)[2]
-        if closest < MIN_DISTANCE:
+        if closest < OVERLAP_DISTANCE:
             raise ValueError(f"structure {_label(atoms)} has overlapping atoms "
-                             f"({closest:.3f} Å apart, below {MIN_DISTANCE} Å)")
+                             f"({closest:.3f} Å apart, below {OVERLAP_DISTANCE} Å)")
 
 
 @lru_cache(maxsize=1)
