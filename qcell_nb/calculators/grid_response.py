@@ -29,7 +29,8 @@ with u_X the unit vector from R_X to r and e_BC the one from R_C to R_B.
 
 :func:`fast_grid_response` swaps the generator into PySCF's gradient code for
 a ``with`` block (PySCF looks it up as a module global in ``pyscf.grad.rks``;
-the UKS gradient uses the same one). Grids other than PySCF's default
+the UKS gradient uses the same one), together with the density-contracted XC
+term of :mod:`qcell_nb.calculators.xc_gradient`. Grids other than PySCF's default
 partitioning (original Becke scheme, Treutler or Becke size adjustment, or
 none) keep PySCF's own generator.
 """
@@ -192,13 +193,26 @@ def becke_weight_response(grids) -> Iterator[tuple[np.ndarray, np.ndarray, np.nd
 
 @contextlib.contextmanager
 def fast_grid_response(grids) -> Iterator[None]:
-    """Within the block, PySCF's DFT gradients use :func:`becke_weight_response` (if ``grids`` allows)."""
-    if not supported(grids):
-        yield
-        return
-    original = rks_grad.grids_response_cc
-    rks_grad.grids_response_cc = becke_weight_response
+    """Within the block, PySCF's DFT gradients with grid response use our code.
+
+    The weight derivatives come from :func:`becke_weight_response` (if
+    ``grids`` allows) and the XC term from
+    :mod:`qcell_nb.calculators.xc_gradient` (contracted with the density
+    instead of built as a matrix); PySCF's functions are restored on exit.
+    """
+    from pyscf.grad import uks as uks_grad
+
+    from qcell_nb.calculators.xc_gradient import rks_vxc_full_response, uks_vxc_full_response
+
+    swaps = [(rks_grad, "get_vxc_full_response", rks_vxc_full_response),
+             (uks_grad, "get_vxc_full_response", uks_vxc_full_response)]
+    if supported(grids):
+        swaps.append((rks_grad, "grids_response_cc", becke_weight_response))
+    originals = [(module, name, getattr(module, name)) for module, name, _ in swaps]
+    for module, name, replacement in swaps:
+        setattr(module, name, replacement)
     try:
         yield
     finally:
-        rks_grad.grids_response_cc = original
+        for module, name, original in originals:
+            setattr(module, name, original)
