@@ -234,6 +234,33 @@ def test_rescue_stages_reuse_the_density_fitting_tensors(monkeypatch) -> None:
     assert all(df is made[0].with_df for df in given[1:])
 
 
+def test_each_stage_takes_over_the_last_coulomb_and_exchange_build(monkeypatch) -> None:
+    # A stage starts from the density whose J and K the stage before built last: grid 3
+    # runs three stages (levels 0, 1, 3), so two of the J/K requests are answered from memory.
+    from pyscf.df import df_jk
+    from pyscf.dft import rks
+
+    builds, requests = [], []
+    build, veff = df_jk.get_jk, rks.RKS.get_veff
+    monkeypatch.setattr(df_jk, "get_jk", lambda *a, **k: builds.append(1) or build(*a, **k))
+    monkeypatch.setattr(rks.RKS, "get_veff", lambda mf, *a, **k: (
+        requests.append(1) if getattr(mf, "with_df", None) else None) or veff(mf, *a, **k))  # not the free atoms
+    remembered = label_structure(water(), basis="sto-3g", mbd=None, grid_level=3)
+    assert len(builds) == len(requests) - 2
+
+    # the same density gives the same matrices, as copies; another density is computed
+    mol = scf.build_mole(water(), "sto-3g", 0, 1)
+    with_df = scf._make_scf(mol, resolve_parameters({"basis": "sto-3g", "auxbasis": "weigend"})).with_df
+    dm = np.eye(mol.nao) * 0.5
+    vj, vk = with_df.get_jk(dm)
+    again = with_df.get_jk(dm.copy())
+    np.testing.assert_array_equal(again[0], vj)
+    again[0][:] = 0.0
+    np.testing.assert_array_equal(with_df.get_jk(dm)[0], vj)
+    assert not np.allclose(with_df.get_jk(dm * 0.9)[0], vj)
+    assert np.isfinite(remembered["energy"])
+
+
 def test_methane_hirshfeld_ratios_in_expected_range() -> None:
     # Hirshfeld volume ratios shrink below 1 in molecules; for methane's C
     # ~0.78 and H ~0.61 at PBE0/def2-SVP (measured), in line with the 0.75-0.85
