@@ -93,6 +93,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
+from qcell_nb.calculators.df_gradient import reuse_cderi
 from qcell_nb.calculators.grid_response import fast_grid_response
 from qcell_nb.calculators.hirshfeld import hirshfeld_analysis
 from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces, mbd_nl_energy_and_forces_from_scf
@@ -370,9 +371,13 @@ class PBE0MBD(Calculator):
         grad = self._mf.nuc_grad_method()
         grad.grid_response = bool(self._resolved["grid_response"])
         grad.verbose = 0
-        # gpu4pyscf has its own grid-response code; ours replaces PySCF's CPU generator.
+        # gpu4pyscf has its own gradient code; ours replaces parts of PySCF's CPU one (same result).
         on_cpu = self._resolved.get("_device") != "gpu"
-        with fast_grid_response(self._mf.grids) if on_cpu and grad.grid_response else contextlib.nullcontext():
+        with contextlib.ExitStack() as faster:
+            if on_cpu:
+                faster.enter_context(reuse_cderi())
+                if grad.grid_response:
+                    faster.enter_context(fast_grid_response(self._mf.grids))
             g = to_numpy(grad.kernel())  # Ha/bohr
         forces = -g * (Hartree / Bohr) + self._disp_forces
         if not np.all(np.isfinite(forces)):

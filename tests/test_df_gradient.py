@@ -1,0 +1,74 @@
+"""DF J/K gradients from the SCF's 3-index tensors, against PySCF's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyscf import dft, gto
+from pyscf.df.grad import rhf as df_rhf_grad
+
+from qcell_nb.calculators import df_gradient
+from qcell_nb.calculators.df_gradient import reuse_cderi
+
+WATER = "O 0 0 0.12; H 0.05 0.76 -0.47; H 0 -0.76 -0.49"
+OH = "O 0 0 0; H 0.1 0 0.97"
+
+
+def converged(atom: str, spin: int, max_memory: int | None = None):
+    mol = gto.M(atom=atom, basis="def2-svp", spin=spin, verbose=0)
+    if max_memory is not None:
+        mol.max_memory = max_memory
+    mf = (dft.RKS(mol) if spin == 0 else dft.UKS(mol)).density_fit(auxbasis="def2-universal-jkfit")
+    mf.xc, mf.grids.level, mf.conv_tol = "pbe0", 2, 1e-11
+    if max_memory is not None:
+        mf.max_memory = mf.with_df.max_memory = max_memory
+    mf.kernel()
+    return mf
+
+
+def gradient(mf, ours: bool) -> np.ndarray:
+    grad = mf.nuc_grad_method()
+    grad.verbose = 0
+    if not ours:
+        return grad.kernel()
+    with reuse_cderi():
+        return grad.kernel()
+
+
+@pytest.mark.parametrize("atom, spin", [(WATER, 0), (OH, 1)])
+def test_gradient_equals_pyscf(atom: str, spin: int, monkeypatch) -> None:
+    mf = converged(atom, spin)
+    used = []
+    solve = df_gradient.cderi_rhojk
+    monkeypatch.setattr(df_gradient, "cderi_rhojk", lambda *a, **k: used.append(1) or solve(*a, **k))
+    reference = gradient(mf, ours=False)
+    ours = gradient(mf, ours=True)
+    assert used  # the swap reached PySCF's gradient
+    assert df_rhf_grad._cho_solve_rhojk is df_gradient.PYSCF_CHO_SOLVE_RHOJK  # restored
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-10)
+    assert np.abs(reference).max() > 1e-3
+
+
+def test_rhoj_and_rhok_equal_pyscf_and_fall_back_without_memory(monkeypatch) -> None:
+    mf = converged(WATER, 0)
+    grad = mf.nuc_grad_method()
+    auxmol = mf.with_df.auxmol
+    orbol, orbor = df_rhf_grad._decompose_rdm1(grad, mf.mol, mf.make_rdm1())
+    rhoj_ref, rhok_ref = df_gradient.PYSCF_CHO_SOLVE_RHOJK(grad, mf.mol, auxmol, orbol, orbor)
+    rhoj, rhok = df_gradient.cderi_rhojk(grad, mf.mol, auxmol, orbol, orbor)
+    naux = auxmol.nao
+    np.testing.assert_allclose(rhoj, rhoj_ref, rtol=0, atol=1e-10 * np.abs(rhoj_ref).max())
+    np.testing.assert_allclose(rhok(0, 3, naux - 2), rhok_ref(0, 3, naux - 2), rtol=0,
+                               atol=1e-10 * np.abs(rhok_ref(0, 0, naux)).max())
+    # no memory to spare: PySCF's own (file-backed) solver
+    called = []
+    monkeypatch.setattr(df_gradient, "available_memory_bytes", lambda: 0)
+    monkeypatch.setattr(df_gradient, "PYSCF_CHO_SOLVE_RHOJK", lambda *a: called.append(1) or (rhoj_ref, rhok_ref))
+    assert df_gradient.cderi_rhojk(grad, mf.mol, auxmol, orbol, orbor)[0] is rhoj_ref and called
+
+
+def test_out_of_core_tensors_fall_back_to_pyscf() -> None:
+    # A memory limit below the tensors' size makes PySCF keep them on disk (an HDF5 file name).
+    mf = converged(WATER, 0, max_memory=1)
+    assert not isinstance(mf.with_df._cderi, np.ndarray)
+    np.testing.assert_allclose(gradient(mf, ours=True), gradient(mf, ours=False), rtol=0, atol=1e-12)
