@@ -23,7 +23,9 @@ point (same energy to ~1e-8 eV). PySCF's extra confirmation cycle after
 convergence (``conv_check``) is skipped on the fine grid: both criteria
 already hold at the last cycle. Every stage, rescues included, works on the
 same molecule and auxiliary basis and so reuses one set of density-fitting
-tensors; each stage starts from the density whose Coulomb and exchange
+tensors, and integrates XC with :class:`~qcell_nb.calculators.screened_numint.ScreenedNumInt`
+(PySCF's integrals, skipping the basis functions a block of grid points
+does not see); each stage starts from the density whose Coulomb and exchange
 matrices the last one has just built (they do not depend on the grid), and
 :func:`remember_last_jk` hands those over instead of building them again.
 """
