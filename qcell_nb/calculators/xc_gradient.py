@@ -72,28 +72,86 @@ def _fold_rows(excsum: np.ndarray, mol, rows: np.ndarray) -> np.ndarray:
     return excsum
 
 
+#: Points per block of an atom's (spatially sorted) grid in the restricted path; see screened_numint.
+BLOCK_POINTS = 8 * gen_grid.BLKSIZE
+
+#: Second-derivative components of PySCF's deriv-2 AO array: d/dx_a d/dx_b phi at _SECOND[a][b].
+_SECOND = ((4, 5, 6), (5, 7, 8), (6, 8, 9))
+
+
+def _screened_blocks(ni, mol, coords, weight, weight1, deriv, cutoff):
+    """Blocks of one atom's grid, spatially sorted, with the AO columns PySCF's screening keeps.
+
+    Yields (ao (comp, g, n) C-ordered copy of the significant columns, their AO indices,
+    weights (g,), weight derivatives (natm, 3, g)).
+    """
+    order = gen_grid.arg_group_grids(mol, coords)
+    coords, weight, weight1 = coords[order], weight[order], weight1[:, :, order]
+    mask = gen_grid.make_mask(mol, coords)
+    shell_of_ao = np.repeat(np.arange(mol.nbas), np.diff(mol.ao_loc_nr()))
+    for p0 in range(0, len(weight), BLOCK_POINTS):
+        p1 = min(p0 + BLOCK_POINTS, len(weight))
+        block_mask = mask[p0 // gen_grid.BLKSIZE:(p1 + gen_grid.BLKSIZE - 1) // gen_grid.BLKSIZE]
+        significant = np.flatnonzero(block_mask.any(axis=0)[shell_of_ao])
+        if significant.size == 0:
+            continue
+        ao = ni.eval_ao(mol, coords[p0:p1], deriv=deriv, non0tab=block_mask, cutoff=cutoff)
+        yield ao[..., significant], significant, weight[p0:p1], weight1[:, :, p0:p1]
+
+
 def rks_vxc_full_response(ni, mol, grids, xc_code, dms, relativity=0, hermi=1, max_memory=2000, verbose=None):
-    """Drop-in for :func:`pyscf.grad.rks.get_vxc_full_response`: (natm, 3) term, zero (3, nao, nao) matrix."""
+    """Drop-in for :func:`pyscf.grad.rks.get_vxc_full_response`: (natm, 3) term, zero (3, nao, nao) matrix.
+
+    Works on blocks of :data:`BLOCK_POINTS` spatially sorted points of each
+    atom's grid and, in each, on the basis functions PySCF's screening keeps
+    (as :mod:`qcell_nb.calculators.screened_numint` does for the SCF).
+    """
     xctype = ni._xc_type(xc_code)
     if xctype not in ("LDA", "GGA") or hermi != 1 or np.ndim(dms) != 2:
         return PYSCF_RKS_FULL_RESPONSE(ni, mol, grids, xc_code, dms, relativity, hermi, max_memory, verbose)
-    make_rho, _, nao = ni._gen_rho_evaluator(mol, dms, hermi, False, grids)
-    factors = density_factors(dms)
+    orbitals, occupations = density_factors(dms)
+    nao = mol.nao
     excsum = np.zeros((mol.natm, 3))
     rows = np.zeros((3, nao))
+    gga = xctype == "GGA"
     for atom, (coords, weight, weight1) in enumerate(rks_grad.grids_response_cc(grids)):
-        mask = gen_grid.make_mask(mol, coords)
-        ao = ni.eval_ao(mol, coords, deriv=1 if xctype == "LDA" else 2, non0tab=mask, cutoff=grids.cutoff)
-        rho = make_rho(0, ao[0] if xctype == "LDA" else ao[:4], mask, xctype)
-        exc, vxc = ni.eval_xc_eff(xc_code, rho, 1, xctype=xctype)[:2]
-        wv = weight * (vxc[0] if xctype == "LDA" else vxc)
-        if xctype == "GGA":
-            wv[0] *= 0.5
-        atom_rows = _contracted_rows(ao, wv, xctype, factors)
-        rows += atom_rows
-        # weight response, then the grid points moving with their atom
-        excsum += np.einsum("r,r,nxr->nx", exc, rho if xctype == "LDA" else rho[0], weight1)
-        excsum[atom] += 2 * atom_rows.sum(axis=1)
+        for ao, significant, w, w1 in _screened_blocks(ni, mol, coords, weight, weight1, 2 if gga else 1,
+                                                        grids.cutoff):
+            x = orbitals[significant]
+            xs = x * occupations
+            c0 = ao[0] @ x
+            if gga:
+                rho = np.empty((4, len(w)))
+                rho[0] = np.einsum("gi,gi->g", c0 * occupations, c0)
+                for k in range(1, 4):
+                    rho[k] = 2 * np.einsum("gi,gi->g", c0 * occupations, ao[k] @ x)
+                density = rho[0]
+            else:
+                rho = density = np.einsum("gi,gi->g", c0 * occupations, c0)
+            exc, vxc = ni.eval_xc_eff(xc_code, rho, 1, xctype=xctype)[:2]
+            wv = w * vxc
+            if gga:
+                wv[0] *= 0.5
+                weighted = ao[0] * wv[0][:, None]
+                for k in range(1, 4):
+                    weighted += ao[k] * wv[k][:, None]
+            else:
+                weighted = ao[0] * wv[0][:, None]
+            weighted_dm = (weighted @ x) @ xs.T  # sum_nu w_nu(g) D(nu, mu)
+            block_rows = np.stack([np.einsum("gm,gm->m", ao[1 + a], weighted_dm) for a in range(3)])
+            if gga:
+                values_dm = c0 @ xs.T  # sum_nu phi_nu(g) D(nu, mu)
+                for a in range(3):
+                    # d/dx_a of (phi wv0 + grad phi . wv[1:4]), PySCF's _make_dR_dao_w
+                    moving = ao[1 + a] * wv[0][:, None]
+                    moving += ao[_SECOND[a][0]] * wv[1][:, None]
+                    moving += ao[_SECOND[a][1]] * wv[2][:, None]
+                    moving += ao[_SECOND[a][2]] * wv[3][:, None]
+                    block_rows[a] += np.einsum("gm,gm->m", moving, values_dm)
+            rows[:, significant] += block_rows
+            # weight response, then the grid points moving with their atom
+            excsum += np.einsum("r,r,nxr->nx", exc, density, w1)
+            excsum[atom] += 2 * block_rows.sum(axis=1)
     return _fold_rows(excsum, mol, rows), np.zeros((3, nao, nao))
 
 
