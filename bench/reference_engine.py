@@ -34,35 +34,43 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     0.026 (Gly3) kcal/mol/Å, against 0.051 and 0.071 from plain default.
 
     Current figures (one core, AVX-512 Xeon, PySCF's OpenBLAS on proper
-    kernels for both sides, CPU-s, default vs ours):
+    kernels for both sides, CPU-s, default vs ours; 2026-12-06, two benches
+    running side by side on the two cores):
 
     ======  =====  =======  =====  ========  ==========================
     size    atoms  default  ours   speed-up  dE / dF vs exact-gradient
     ======  =====  =======  =====  ========  ==========================
-    Gly1    10     12.8     7.0    1.82x     0.005 / 0.018
-    Gly3    24     156      68     2.29x     0.008 / 0.026
-    Gly5    38     752.5    194.9  3.86x     0.010 / 0.026
-    Gly7    52     1449     500    2.90x     0.014 / 0.022
+    Gly1    10     10.2     3.9    2.62x     0.005 / 0.017
+    Gly3    24     131.6    34.8   3.78x     0.008 / 0.026
+    Gly5    38     777.0    145.1  5.35x     0.010 / 0.026
     ======  =====  =======  =====  ========  ==========================
 
     (dE kcal/mol, dF max kcal/mol/Å against the default SCF's forces with
-    grid response; against its plain gradient 0.05-0.12, almost all the
-    missing grid-response term.) The target is met at Gly5 only. Below ~40
-    atoms both sides are dominated by the same grid-3 XC work (Gly1: ours
-    5.1 s after the free-atom cache, of which coarse SCF 1.3, fine SCF 1.75,
-    gradient 1.85; 3x would need < 3.4 s). From ~50 atoms the default's
-    direct-SCF integral screening pays off on this linear chain (Gly5 to
-    Gly7: CPU time ~N^2.1 for the default, ~N^3.0 for ours), while our DF
-    exchange build
-    (each SCF cycle, coarse ones included) and DF-JK gradient grow faster:
-    Gly5 ours 190 s = SCF 113 (coarse 65, fine 48) + gradient 76 (DF-JK 45,
-    XC with grid response 31) + Hirshfeld/MBD 3. Tried without gain: caching
-    AO values across SCF cycles, PySCF's sparse XC path, a SAD guess from the
-    cached free atoms, PBE in the level-0 stage, and PySCF's seminumerical
-    exchange (sgx with DF for J; Gly3: SCF 294 vs 40 CPU-s, gradient 101 vs
-    20, dE 0.13 kcal/mol, dF 0.11 kcal/mol/Å from our DF). Gly1 and Gly3 were measured
-    before the rescue stages shared the DF tensors (which does not change a
-    converging SCF) and the free-atom warm-up; Gly5 and Gly7 after.
+    grid response; against its plain gradient 0.05-0.11, almost all the
+    missing grid-response term.) With the screened XC gradient that came
+    after this run, ours alone on the same machine: Gly1 3.6-3.8, Gly3 32.7,
+    Gly5 129.4 CPU-s (Gly5 6.0x). What made ours faster than at the stop
+    before (Gly5 194.9 CPU-s then):
+
+    - XC integration in blocks of 448 sorted grid points on the basis
+      functions each block sees (:mod:`qcell_nb.calculators.screened_numint`;
+      level-3 PBE0 call at Gly5 6.5-8.2 -> 3.3-4.0 CPU-s);
+    - the XC gradient contracted with the occupied orbitals instead of
+      building PySCF's per-atom (3, nao, nao) matrices, in the same screened
+      blocks (:mod:`qcell_nb.calculators.xc_gradient`);
+    - the DF J/K gradient's rhoj/rhok from the SCF's own Cholesky-fitted
+      tensors, in memory (:mod:`qcell_nb.calculators.df_gradient`);
+    - each SCF stage taking over the previous stage's last J and K.
+
+    Below ~20 atoms both sides are dominated by the same grid-3 XC work and
+    the ratio is under 3 (Gly1: ours 3.6-3.9 s; 3x needs < 3.4 s). Tried
+    without gain: caching AO values across SCF cycles, PySCF's sparse XC
+    path, a SAD guess from the cached free atoms, PBE in the level-0 stage
+    (Gly3: 20 instead of 16 cycles, SCF 37 vs 25 CPU-s), a larger PySCF
+    ``max_memory`` for the DF gradient's blocks (Gly7: 197 vs 203 CPU-s),
+    and PySCF's seminumerical exchange (sgx with DF for J; Gly3: SCF 294 vs
+    40 CPU-s, gradient 101 vs 20, dE 0.13 kcal/mol, dF 0.11 kcal/mol/Å from
+    our DF).
 (b) MBD@rsSCS energy + forces in JAX (one call, after compilation; the
     compilation time is listed too) against central finite differences of
     pymbd's energy (6N+1 energy calls), with their agreement. Target: at
