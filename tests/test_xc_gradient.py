@@ -9,6 +9,7 @@ from pyscf.grad import rks as rks_grad
 from pyscf.grad import uks as uks_grad
 
 from qcell_nb.calculators import xc_gradient
+from qcell_nb.calculators.screened_numint import density_factors, screened_blocks
 
 WATER = "O 0 0 0.12; H 0.05 0.76 -0.47; H 0 -0.76 -0.49"
 OH = "O 0 0 0; H 0.1 0 0.97"
@@ -53,7 +54,7 @@ def test_plain_density_matrix_gives_the_same_term() -> None:
     args = (mf._numint, mf.mol, mf.grids, mf.xc)
     np.testing.assert_allclose(xc_gradient.rks_vxc_full_response(*args, plain)[0],
                                xc_gradient.rks_vxc_full_response(*args, tagged)[0], rtol=0, atol=1e-11)
-    x, s = xc_gradient.density_factors(plain)
+    x, s = density_factors(plain)
     np.testing.assert_allclose((x * s) @ x.T, plain, atol=1e-12)
 
 
@@ -71,7 +72,8 @@ def test_screened_blocks_equal_pyscf_on_a_chain() -> None:
     mf = dft.RKS(mol).density_fit()
     mf.xc, mf.grids.level, mf.max_cycle = "pbe0", 2, 6
     mf.kernel()
-    skipped = [len(s) < mol.nao for _, s, _, _ in xc_gradient._screened_blocks(
-        mf._numint, mol, *next(iter(rks_grad.grids_response_cc(mf.grids))), 2, mf.grids.cutoff)]
+    _, coords, _, _, mask = next(xc_gradient._sorted_atom_grids(mf.grids))
+    skipped = [len(significant) < mol.nao for _, _, _, significant in
+               screened_blocks(mf._numint, mol, coords, mask, 2, mf.grids.cutoff)]
     assert any(skipped)
     np.testing.assert_allclose(gradient(mf, ours=True), gradient(mf, ours=False), rtol=0, atol=1e-10)

@@ -164,7 +164,7 @@ def remember_last_jk(with_df) -> None:
     def get_jk(dm, hermi=1, with_j=True, with_k=True, *args, **kwargs):
         key = (hermi, with_j, with_k, args, tuple(sorted(kwargs.items())))
         dm_values = np.asarray(dm)
-        if last.get("key") == key and last["dm"].shape == dm_values.shape and np.array_equal(last["dm"], dm_values):
+        if last.get("key") == key and np.array_equal(last["dm"], dm_values):
             return tuple(None if v is None else v.copy() for v in last["jk"])
         vj, vk = compute(dm, hermi, with_j, with_k, *args, **kwargs)
         last.update(key=key, dm=dm_values.copy(), jk=(vj, vk))

@@ -26,13 +26,76 @@ from __future__ import annotations
 import numpy as np
 from pyscf.dft import gen_grid, numint
 
-from qcell_nb.calculators.xc_gradient import density_factors
-
 #: Grid points per block: a multiple of PySCF's screening sub-block (56 points). Smaller blocks
 #: see fewer functions but cost more Python overhead. Measured per level-3 PBE0 call, one core
 #: (PySCF's nr_rks: Gly1 0.27 s, Gly5 6.5-8.2 s): 224 points 0.23 / 3.2 s, 448 points
 #: 0.19-0.20 / 3.3-4.0 s, 1,792 points 0.20-0.23 / 3.8 s, 3,584 points 0.22 / 4.3 s.
 BLOCK_POINTS = 8 * gen_grid.BLKSIZE
+
+
+def density_factors(dm: np.ndarray, mo_coeff: np.ndarray | None = None,
+                    mo_occ: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """X (nao, k) and s (k,) with ``dm = X diag(s) X^T``.
+
+    The occupied orbitals and occupations when given (or carried by ``dm``, as
+    PySCF tags it), otherwise the eigenvectors of ``dm``.
+    """
+    if mo_coeff is None:
+        mo_coeff, mo_occ = getattr(dm, "mo_coeff", None), getattr(dm, "mo_occ", None)
+    if mo_coeff is not None and mo_occ is not None and np.ndim(mo_occ) == 1:
+        keep = np.abs(np.asarray(mo_occ)) > 1e-12
+        return np.asarray(mo_coeff)[:, keep], np.asarray(mo_occ)[keep]
+    eigenvalues, vectors = np.linalg.eigh(np.asarray(dm))
+    keep = np.abs(eigenvalues) > 1e-12 * max(1.0, float(np.abs(eigenvalues).max(initial=0.0)))
+    return vectors[:, keep], eigenvalues[keep]
+
+
+def screened_blocks(ni, mol, coords: np.ndarray, mask: np.ndarray, deriv: int, cutoff: float):
+    """Blocks of :data:`BLOCK_POINTS` points with the AO columns ``mask`` keeps for them.
+
+    ``mask``: PySCF's screening table for ``coords`` (one row per 56 points,
+    one column per shell). Yields ``(p0, p1, ao, significant)``: the block's
+    point range, its AO values and derivatives restricted to the significant
+    functions ((comp, g, n) or (g, n) for ``deriv=0``, a C-ordered copy), and
+    their AO indices.
+    """
+    shell_of_ao = np.repeat(np.arange(mol.nbas), np.diff(mol.ao_loc_nr()))
+    for p0 in range(0, len(coords), BLOCK_POINTS):
+        p1 = min(p0 + BLOCK_POINTS, len(coords))
+        block_mask = mask[p0 // gen_grid.BLKSIZE:(p1 + gen_grid.BLKSIZE - 1) // gen_grid.BLKSIZE]
+        significant = np.flatnonzero(block_mask.any(axis=0)[shell_of_ao])
+        if significant.size == 0:
+            continue
+        ao = ni.eval_ao(mol, coords[p0:p1], deriv=deriv, non0tab=block_mask, cutoff=cutoff)
+        yield p0, p1, ao[..., significant], significant
+
+
+def block_density(ao: np.ndarray, xctype: str, orbitals: np.ndarray,
+                  occupations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Density of a block (LDA (g,), GGA (4, g): value and gradient) and phi X (g, k).
+
+    ``orbitals``: the rows of X for the block's functions (see :func:`density_factors`).
+    """
+    values = ao if ao.ndim == 2 else ao[0]
+    c0 = values @ orbitals
+    c0_occ = c0 * occupations
+    if xctype == "LDA":
+        return np.einsum("gi,gi->g", c0_occ, c0), c0
+    rho = np.empty((4, len(c0)))
+    rho[0] = np.einsum("gi,gi->g", c0_occ, c0)
+    for k in range(1, 4):
+        rho[k] = 2 * np.einsum("gi,gi->g", c0_occ, ao[k] @ orbitals)
+    return rho, c0
+
+
+def weighted_ao(ao: np.ndarray, wv: np.ndarray, xctype: str) -> np.ndarray:
+    """sum_k ao[k] wv[k] (g, n): the AO values times the weighted potential (LDA: k = 0 only)."""
+    if xctype == "LDA":
+        return (ao if ao.ndim == 2 else ao[0]) * wv[0][:, None]
+    weighted = ao[0] * wv[0][:, None]
+    for k in range(1, 4):
+        weighted += ao[k] * wv[k][:, None]
+    return weighted
 
 
 class ScreenedNumInt(numint.NumInt):
@@ -49,46 +112,19 @@ class ScreenedNumInt(numint.NumInt):
 def _screened_rks(ni, mol, grids, xc_code, xctype, dm):
     """(electrons, XC energy in Ha, XC potential matrix (nao, nao)) like PySCF's ``nr_rks``."""
     orbitals, occupations = density_factors(dm)
-    nao = mol.nao
-    ao_loc = mol.ao_loc_nr()
-    shell_of_ao = np.repeat(np.arange(mol.nbas), np.diff(ao_loc))
-    deriv = 0 if xctype == "LDA" else 1
-    n_points = grids.weights.size
     nelec = excsum = 0.0
-    vmat = np.zeros((nao, nao))
-    for p0 in range(0, n_points, BLOCK_POINTS):
-        p1 = min(p0 + BLOCK_POINTS, n_points)
-        mask = grids.non0tab[p0 // gen_grid.BLKSIZE:(p1 + gen_grid.BLKSIZE - 1) // gen_grid.BLKSIZE]
-        significant = np.flatnonzero(mask.any(axis=0)[shell_of_ao])
-        if significant.size == 0:
-            continue
+    vmat = np.zeros((mol.nao, mol.nao))
+    for p0, p1, ao, significant in screened_blocks(ni, mol, grids.coords, grids.non0tab,
+                                                   0 if xctype == "LDA" else 1, grids.cutoff):
         weight = grids.weights[p0:p1]
-        ao = ni.eval_ao(mol, grids.coords[p0:p1], deriv=deriv, non0tab=mask, cutoff=grids.cutoff)
-        ao = ao[..., significant]  # (comp, g, n) or (g, n): a copy with the significant columns only
-        values = ao if deriv == 0 else ao[0]
-        c0 = values @ orbitals[significant]
-        c0_occ = c0 * occupations
-        if xctype == "LDA":
-            rho = np.einsum("gi,gi->g", c0_occ, c0)
-            density = rho
-        else:
-            rho = np.empty((4, p1 - p0))
-            rho[0] = np.einsum("gi,gi->g", c0_occ, c0)
-            for k in range(1, 4):
-                rho[k] = 2 * np.einsum("gi,gi->g", c0_occ, ao[k] @ orbitals[significant])
-            density = rho[0]
+        rho, _ = block_density(ao, xctype, orbitals[significant], occupations)
         exc, vxc = ni.eval_xc_eff(xc_code, rho, deriv=1, xctype=xctype, spin=0)[:2]
-        weighted_density = density * weight
+        weighted_density = (rho if xctype == "LDA" else rho[0]) * weight
         nelec += weighted_density.sum()
         excsum += weighted_density @ exc
         wv = weight * vxc
-        if xctype == "LDA":
-            weighted = values * (0.5 * wv[0])[:, None]
-        else:
-            wv[0] *= 0.5  # the potential is symmetrised below
-            weighted = ao[0] * wv[0][:, None]
-            for k in range(1, 4):
-                weighted += ao[k] * wv[k][:, None]
-        vmat[np.ix_(significant, significant)] += values.T @ weighted
+        wv[0] *= 0.5  # the potential is symmetrised below
+        values = ao if xctype == "LDA" else ao[0]
+        vmat[np.ix_(significant, significant)] += values.T @ weighted_ao(ao, wv, xctype)
     vmat = vmat + vmat.T
     return nelec, excsum, vmat
