@@ -98,3 +98,22 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path) -> None:
     assert hirshfeld.default_cache_dir() == tmp_path / "free_atoms"
     monkeypatch.delenv("QCELL_NB_CACHE")
     assert hirshfeld.default_cache_dir().parts[-3:] == (".cache", "qcell_nb", "free_atoms")
+
+
+def test_screened_blocks_give_the_dense_partition() -> None:
+    # Three waters 4 Å apart: PySCF's screening table drops each far molecule's functions in
+    # many blocks, so the screened path really skips work; it must give the dense path's numbers.
+    chain = "; ".join(f"O {4.0 * k} 0 0.1173; H {4.0 * k} 0.7572 -0.4692; H {4.0 * k} -0.7572 -0.4692"
+                      for k in range(3))
+    for spin, charge in ((0, 0), (1, 1)):
+        mf = run_ks(chain, basis="6-31g", spin=spin, charge=charge)
+        mask = mf.grids.non0tab
+        assert not mask.all()
+        screened = hirshfeld.hirshfeld_analysis(mf)
+        mf.grids.non0tab = None  # PySCF's dense blocks
+        dense = hirshfeld.hirshfeld_analysis(mf)
+        mf.grids.non0tab = mask
+        for key in ("volume_ratios", "charges", "volumes"):
+            np.testing.assert_allclose(screened[key], dense[key], rtol=0, atol=1e-10)
+        assert screened["n_electrons"] == pytest.approx(dense["n_electrons"], abs=1e-9)
+        assert screened["n_electrons"] == pytest.approx(30 - charge, abs=1e-3)
