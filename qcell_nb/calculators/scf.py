@@ -39,6 +39,7 @@ import numpy as np
 from ase import Atoms
 from pyscf import dft, gto
 
+from qcell_nb.calculators.grid_boxes import fast_box_order
 from qcell_nb.calculators.screened_numint import ScreenedNumInt
 from qcell_nb.structures import OVERLAP_DISTANCE, closest_pair
 
@@ -250,6 +251,13 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     RuntimeError
         If no stage converges; the message names the structure.
     """
+    # Each stage builds its grid, and PySCF's sort of the points into boxes is slow (see grid_boxes).
+    with fast_box_order():
+        return _converge(mol, params, name)
+
+
+def _converge(mol: gto.Mole, params: dict[str, Any], name: str):
+    """:func:`run_scf`'s stages."""
     dm0, with_df, cycles = _pre_converge(mol, params)
     mf = _make_scf(mol, params, with_df=with_df)
     with_df = getattr(mf, "with_df", None)  # the rescue stages below reuse it too

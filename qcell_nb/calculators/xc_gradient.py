@@ -29,6 +29,7 @@ from pyscf.dft import gen_grid
 from pyscf.grad import rks as rks_grad
 from pyscf.grad import uks as uks_grad
 
+from qcell_nb.calculators.grid_boxes import box_order
 from qcell_nb.calculators.screened_numint import block_density, density_factors, screened_blocks, weighted_ao
 
 #: PySCF's own functions (the fallback), captured before anything swaps them.
@@ -43,7 +44,7 @@ def _sorted_atom_grids(grids):
     """Per atom: (atom, coords, weights, weight derivatives, screening table), points sorted into boxes."""
     mol = grids.mol
     for atom, (coords, weight, weight1) in enumerate(rks_grad.grids_response_cc(grids)):
-        order = gen_grid.arg_group_grids(mol, coords)
+        order = box_order(mol, coords)
         coords = coords[order]
         yield atom, coords, weight[order], weight1[:, :, order], gen_grid.make_mask(mol, coords)
 
