@@ -52,6 +52,9 @@ FORMS = geo.FORMS
 FORCEFIELD_FILES = ("amber19/DNA.OL21.xml", "amber14/RNA.OL3.xml")
 WATER_FILES = {"tip3p": "amber19/tip3p.xml", "opc": "amber19/opc.xml", "tip4pew": "amber19/tip4pew.xml"}
 
+#: Heavy-atom positions are rounded to this many decimals (Å) before hydrogens are added.
+HEAVY_ATOM_DECIMALS = 6
+
 #: Harmonic restraints of the backbone-closing minimisation, kJ/mol/nm^2.
 BASE_RESTRAINT = 1000.0
 BACKBONE_RESTRAINT = 100.0
@@ -203,6 +206,11 @@ def _add_counter_ions(topology: app.Topology, positions: np.ndarray) -> tuple[ap
 def _finish(strands, rna: bool, counter_ions: bool, info: dict) -> Atoms:
     """Topology, hydrogens, restrained minimisation, counter-ions -> Atoms with topology in info."""
     topology, positions = _topology(strands, rna)
+    # The heavy-atom frames come out of small BLAS products and an SVD whose last bit depends on
+    # how the arrays happen to be aligned (importing numpy before openmm moved GCGC by 4e-15 Å);
+    # the hydrogen placement and the long minimisation below amplify that to 0.01 Å and a new id.
+    # Snapping to 1e-6 Å removes it unless a coordinate sits within 4e-15 of a rounding boundary.
+    positions = np.round(positions, HEAVY_ATOM_DECIMALS)
     forcefield = nucleic_acid_forcefield(water_model="tip3p")
     modeller = app.Modeller(topology, positions / 10.0 * unit.nanometer)
     add_hydrogens(modeller, forcefield)
