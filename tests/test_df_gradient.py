@@ -8,7 +8,7 @@ from pyscf import dft, gto
 from pyscf.df.grad import rhf as df_rhf_grad
 
 from qcell_nb.calculators import df_gradient
-from qcell_nb.calculators.df_gradient import reuse_cderi
+from qcell_nb.calculators.df_gradient import fast_df_gradient
 
 WATER = "O 0 0 0.12; H 0.05 0.76 -0.47; H 0 -0.76 -0.49"
 OH = "O 0 0 0; H 0.1 0 0.97"
@@ -31,7 +31,7 @@ def gradient(mf, ours: bool) -> np.ndarray:
     grad.verbose = 0
     if not ours:
         return grad.kernel()
-    with reuse_cderi():
+    with fast_df_gradient():
         return grad.kernel()
 
 
@@ -45,6 +45,7 @@ def test_gradient_equals_pyscf(atom: str, spin: int, monkeypatch) -> None:
     ours = gradient(mf, ours=True)
     assert used  # the swap reached PySCF's gradient
     assert df_rhf_grad._cho_solve_rhojk is df_gradient.PYSCF_CHO_SOLVE_RHOJK  # restored
+    assert df_rhf_grad.get_jk is df_gradient.PYSCF_GET_JK
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-10)
     assert np.abs(reference).max() > 1e-3
 
@@ -72,3 +73,36 @@ def test_out_of_core_tensors_fall_back_to_pyscf() -> None:
     mf = converged(WATER, 0, max_memory=1)
     assert not isinstance(mf.with_df._cderi, np.ndarray)
     np.testing.assert_allclose(gradient(mf, ours=True), gradient(mf, ours=False), rtol=0, atol=1e-12)
+
+
+def test_restricted_jk_gradient_without_ip2_equals_pyscf(monkeypatch) -> None:
+    # (mn|dP) = -[(dm n|P) + (m dn|P)]: the aux-basis terms from the ip1 integrals, for J and K
+    # apart, on a molecule without symmetry (so that no component is zero by accident).
+    mf = converged("O 0 0 0.12; H 0.05 0.76 -0.47; C 0.1 -0.8 -0.9; H 1.0 -1.1 -1.4; H -0.8 -1.2 -1.3; H 0.2 -0.3 -1.8", 0)
+    grad = mf.nuc_grad_method()
+    dm = mf.make_rdm1()
+    with fast_df_gradient():  # the same rhoj/rhok on both sides: only the ip2 terms differ
+        vj_ref, vk_ref = df_gradient.PYSCF_GET_JK(grad, mf.mol, dm)
+    ip2 = []
+    wrapper = df_rhf_grad._int3c_wrapper
+    monkeypatch.setattr(df_rhf_grad, "_int3c_wrapper", lambda mol, aux, intor, aosym: ip2.append(intor == "int3c2e_ip2")
+                        or wrapper(mol, aux, intor, aosym))
+    with fast_df_gradient():
+        vj, vk = df_rhf_grad.get_jk(grad, mf.mol, dm)
+    assert not any(ip2)  # the second pass over the integrals is gone
+    for ours, reference in [(vj, vj_ref), (vk, vk_ref), (vj.aux, vj_ref.aux), (vk.aux, vk_ref.aux)]:
+        assert ours.shape == reference.shape
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-11 * np.abs(reference).max())
+    assert np.abs(vk_ref.aux).max() > 1e-5
+
+
+def test_unrestricted_and_untagged_densities_take_pyscfs_jk_gradient(monkeypatch) -> None:
+    called = []
+    monkeypatch.setattr(df_gradient, "PYSCF_GET_JK", lambda *a: called.append(1) or ("j", "k"))
+    mf = converged(WATER, 0)
+    grad = mf.nuc_grad_method()
+    assert df_gradient.get_jk(grad, mf.mol, np.asarray(mf.make_rdm1())) == ("j", "k")  # no orbitals
+    open_shell = converged(OH, 1)
+    assert df_gradient.get_jk(open_shell.nuc_grad_method(), open_shell.mol, open_shell.make_rdm1()) == ("j", "k")
+    assert len(called) == 2
+    assert df_gradient.get_jk(grad, mf.mol, mf.make_rdm1())[1].aux.shape == (1, 1, 3, 3)

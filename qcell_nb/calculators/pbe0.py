@@ -93,7 +93,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
-from qcell_nb.calculators.df_gradient import reuse_cderi
+from qcell_nb.calculators.df_gradient import fast_df_gradient
 from qcell_nb.calculators.grid_response import fast_grid_response
 from qcell_nb.calculators.hirshfeld import hirshfeld_analysis
 from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces, mbd_nl_energy_and_forces_from_scf
@@ -375,7 +375,7 @@ class PBE0MBD(Calculator):
         on_cpu = self._resolved.get("_device") != "gpu"
         with contextlib.ExitStack() as faster:
             if on_cpu:
-                faster.enter_context(reuse_cderi())
+                faster.enter_context(fast_df_gradient())
                 if grad.grid_response:
                     faster.enter_context(fast_grid_response(self._mf.grids))
             g = to_numpy(grad.kernel())  # Ha/bohr
