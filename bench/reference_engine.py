@@ -33,41 +33,51 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     which is what density fitting and our settings change: 0.018 (Gly1) and
     0.026 (Gly3) kcal/mol/Å, against 0.051 and 0.071 from plain default.
 
-    Current figures (one core, AVX-512 Xeon, PySCF's OpenBLAS on proper
-    kernels for both sides, CPU-s, default vs ours; 2026-12-06, two benches
-    running side by side on the two cores):
+    Current figures (one core, CPU-s, default vs ours, both measured in the
+    same run; the ratio depends on the CPU, so read it per machine):
 
-    ======  =====  =======  =====  ========  ==========================
-    size    atoms  default  ours   speed-up  dE / dF vs exact-gradient
-    ======  =====  =======  =====  ========  ==========================
-    Gly1    10     10.2     3.9    2.62x     0.005 / 0.017
-    Gly3    24     131.6    34.8   3.78x     0.008 / 0.026
-    Gly5    38     777.0    145.1  5.35x     0.010 / 0.026
-    Gly7    52     1453.7   373.0  3.90x     0.014 / 0.022
-    ======  =====  =======  =====  ========  ==========================
+    ==========  =====  =====  =======  =====  ========  ===============
+    date, CPU   size   atoms  default  ours   speed-up  dE / dF
+    ==========  =====  =====  =======  =====  ========  ===============
+    12-06 Xeon  Gly1   10     10.2     3.9    2.62x     0.005 / 0.017
+    12-06 Xeon  Gly3   24     131.6    34.8   3.78x     0.008 / 0.026
+    12-06 Xeon  Gly5   38     777.0    145.1  5.35x     0.010 / 0.026
+    12-06 Xeon  Gly7   52     1453.7   373.0  3.90x     0.014 / 0.022
+    12-07 EPYC  Gly1   10     12.7     5.2    2.43x     0.005 / 0.017
+    12-07 EPYC  Gly3   24     200.3    50.2   3.99x     0.008 / 0.026
+    ==========  =====  =====  =======  =====  ========  ===============
 
     (dE kcal/mol, dF max kcal/mol/Å against the default SCF's forces with
     grid response; against its plain gradient 0.05-0.11, almost all the
-    missing grid-response term.) With the screened XC gradient that came
-    after this run, ours alone on the same machine: Gly1 3.6-3.8, Gly3 32.7,
-    Gly5 129.4 CPU-s (Gly5 6.0x). Gly1-Gly5 CPU time grows as N^3.20 for the
-    default and N^2.68 for ours; Gly7 ran in its own process beside them, so
-    its ratio is the figure to read there (the chain's integral screening
-    helps the default from ~50 atoms). What made ours faster than at the stop
-    before (Gly5 194.9 CPU-s then):
+    missing grid-response term.) The Xeon rows are from 2026-12-06 with two
+    benches side by side on the two cores; ours alone there, after the
+    screened XC gradient, the Becke-response blocks and the ip2-free DF
+    gradient: Gly1 about 4.5, Gly3 43.4 CPU-s (4.3x). The EPYC rows
+    (AMD, Zen OpenBLAS kernels) ran alone on the machine: its AO evaluation
+    (libcgto's eval_gto, a quarter of ours at Gly1) and our XC blocks are
+    slower than the Xeon's (level-3 XC call 0.44 vs 0.27 s) while the
+    default's integrals are faster, so the Gly1 ratio is lower there.
+    Gly1-Gly5 CPU time grows as N^3.20 for the default and N^2.68 for ours
+    (Xeon); Gly7 ran in its own process beside them, so its ratio is the
+    figure to read there (the chain's integral screening helps the default
+    from ~50 atoms). What made ours faster than default PySCF:
 
     - XC integration in blocks of 448 sorted grid points on the basis
       functions each block sees (:mod:`qcell_nb.calculators.screened_numint`;
       level-3 PBE0 call at Gly5 6.5-8.2 -> 3.3-4.0 CPU-s);
     - the XC gradient contracted with the occupied orbitals instead of
       building PySCF's per-atom (3, nao, nao) matrices, in the same screened
-      blocks (:mod:`qcell_nb.calculators.xc_gradient`);
+      blocks (:mod:`qcell_nb.calculators.xc_gradient`), and the Becke weight
+      response in cache-sized blocks (:mod:`qcell_nb.calculators.grid_response`);
     - the DF J/K gradient's rhoj/rhok from the SCF's own Cholesky-fitted
-      tensors, in memory (:mod:`qcell_nb.calculators.df_gradient`);
-    - each SCF stage taking over the previous stage's last J and K.
+      tensors, in memory, and its auxiliary-basis terms from the (dm n|P)
+      integrals it already has (:mod:`qcell_nb.calculators.df_gradient`;
+      Gly3 9.8 -> 6.7 CPU-s);
+    - coarse-grid SCF stages, each taking over the previous one's last J
+      and K and DF tensors (:mod:`qcell_nb.calculators.scf`).
 
     Below ~20 atoms both sides are dominated by the same grid-3 XC work and
-    the ratio is under 3 (Gly1: ours 3.6-3.9 s; 3x needs < 3.4 s). Tried
+    the ratio is under 3 (Gly1 2.4-2.9x, by CPU). Tried
     without gain: caching AO values across SCF cycles, PySCF's sparse XC
     path, a SAD guess from the cached free atoms, PBE in the level-0 stage
     (Gly3: 20 instead of 16 cycles, SCF 37 vs 25 CPU-s), a larger PySCF
