@@ -39,6 +39,8 @@ from pyscf import df, lib
 from pyscf.ao2mo import _ao2mo
 from pyscf.df.grad import rhf as df_rhf_grad
 
+from qcell_nb.calculators.screened_numint import density_factors
+
 #: PySCF's own solver and J/K gradient, captured before anything swaps them.
 PYSCF_CHO_SOLVE_RHOJK = df_rhf_grad._cho_solve_rhojk
 PYSCF_GET_JK = df_rhf_grad.get_jk
@@ -117,11 +119,10 @@ def cderi_rhojk(mf_grad, mol, auxmol, orbol, orbor, decompose_j2c="CD",
 
 def _occupied_orbitals(dm) -> tuple[np.ndarray, np.ndarray] | None:
     """(C, n): occupied orbitals (nao, nocc) and occupations of a restricted, orbital-tagged density, else None."""
-    mo_coeff, mo_occ = getattr(dm, "mo_coeff", None), getattr(dm, "mo_occ", None)
-    if mo_coeff is None or mo_occ is None or np.ndim(mo_occ) != 1 or np.ndim(dm) != 2:
+    if getattr(dm, "mo_coeff", None) is None or np.ndim(getattr(dm, "mo_occ", None)) != 1 or np.ndim(dm) != 2:
         return None
-    occupied = np.abs(mo_occ) > 1e-8  # PySCF's _decompose_rdm1 threshold
-    return np.asfortranarray(mo_coeff[:, occupied]), np.asarray(mo_occ[occupied])
+    orbitals, occupations = density_factors(dm)
+    return np.asfortranarray(orbitals), occupations
 
 
 def _ip1_dot_orbitals(int3c: np.ndarray, orbitals: np.ndarray) -> np.ndarray:
@@ -171,7 +172,7 @@ def get_jk(mf_grad, mol=None, dm=None, hermi=0, with_j=True, with_k=True,
         auxmol = df.addons.make_auxmol(with_df.mol, with_df.auxbasis)
     nbas, nao, naux = mol.nbas, mol.nao, auxmol.nao
     aux_loc = auxmol.ao_loc
-    # looked up at call time, so that reuse_cderi's solver is the one used
+    # looked up at call time, so that fast_df_gradient's solver is the one used
     rhoj, get_rhok = df_rhf_grad._cho_solve_rhojk(mf_grad, mol, auxmol, [orbol], [orbor], decompose_j2c, lindep)
     rhoj = rhoj[0]
     dm_sym = np.asarray(dm) + np.asarray(dm).T
