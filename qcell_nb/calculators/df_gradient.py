@@ -21,7 +21,7 @@ available memory.
 :func:`get_jk`, swapped in by the same block (restricted and unrestricted), then
 computes the auxiliary-basis response from the (d m, n|P) integrals of the
 AO pass, by translational invariance, instead of a second pass over
-(m n|d P): Gly1 0.56 -> 0.39, Gly3 9.8 -> 6.7 CPU-s for the DF J/K gradient
+(m n|d P): Gly1 0.56 -> 0.39, Gly3 9.8 -> 6.7, Gly7 129 -> 95 CPU-s for the DF J/K gradient
 (one core, def2-SVP / def2-universal-jkfit; the same vj, vk and aux terms to
 1e-13).
 """
