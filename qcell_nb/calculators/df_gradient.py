@@ -64,17 +64,22 @@ def available_memory_bytes() -> int:
         return 0
 
 
-def _half_transform(cderi: np.ndarray, orbitals: np.ndarray) -> np.ndarray:
-    """Y[P, i, u] = sum_v B[P, uv] C[v, i] from the lower-triangle-packed B (naux, nao(nao+1)/2)."""
-    naux = cderi.shape[0]
+def _bra_transform(packing: str, ao_pairs: np.ndarray, orbitals: np.ndarray) -> np.ndarray:
+    """Y[r, i, u] = sum_v A[r, u, v] C[v, i] with PySCF's AO-to-MO driver (the one its DF exchange uses).
+
+    ``packing``: "s2" for A given as lower triangles (rows, nao(nao+1)/2), "s1" for full square
+    blocks (rows, nao, nao) (then v is A's second AO index). Output (rows, nocc, nao): MO index
+    before AO index.
+    """
     nao, nocc = orbitals.shape
+    ao_pairs = np.ascontiguousarray(ao_pairs)
+    rows = ao_pairs.size // (nao * (nao + 1) // 2 if packing == "s2" else nao * nao)
     orbitals = np.asarray(orbitals, order="F")
-    out = np.empty((naux, nocc, nao))
-    # PySCF's own packed-AO transform (the one its DF exchange uses): MO index before AO index.
+    out = np.empty((rows, nocc, nao))
     _ao2mo.libao2mo.AO2MOnr_e2_drv(
-        _ao2mo.libao2mo.AO2MOtranse2_nr_s2, _ao2mo.libao2mo.AO2MOmmm_bra_nr_s2,
-        out.ctypes.data_as(ctypes.c_void_p), cderi.ctypes.data_as(ctypes.c_void_p),
-        orbitals.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(naux), ctypes.c_int(nao),
+        getattr(_ao2mo.libao2mo, f"AO2MOtranse2_nr_{packing}"), getattr(_ao2mo.libao2mo, f"AO2MOmmm_bra_nr_{packing}"),
+        out.ctypes.data_as(ctypes.c_void_p), ao_pairs.ctypes.data_as(ctypes.c_void_p),
+        orbitals.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(rows), ctypes.c_int(nao),
         (ctypes.c_int * 4)(0, nocc, 0, nao), lib.c_null_ptr(), ctypes.c_int(0))
     return out
 
@@ -109,7 +114,7 @@ def cderi_rhojk(mf_grad, mol, auxmol, orbol, orbor, decompose_j2c="CD",
         dm_tril = lib.pack_tril(dm + dm.T)
         dm_tril[diagonal] *= 0.5
         rhoj[i] = solve_metric(cderi @ dm_tril)
-        rhok.append(solve_metric(_half_transform(cderi, right).reshape(naux, -1)).reshape(naux, nocc[i], nao))
+        rhok.append(solve_metric(_bra_transform("s2", cderi, right).reshape(naux, -1)).reshape(naux, nocc[i], nao))
 
     def get_rhok(set_id: int, p0: int, p1: int) -> np.ndarray:
         return rhok[set_id][p0:p1]
@@ -130,19 +135,6 @@ def _occupied_orbitals(dm) -> list[tuple[np.ndarray, np.ndarray]] | None:
         return None
     factors = [density_factors(d, c, n) for d, c, n in zip(dms, mo_coeff, mo_occ)]
     return [(np.asfortranarray(c), n) for c, n in factors]
-
-
-def _ip1_dot_orbitals(int3c: np.ndarray, orbitals: np.ndarray) -> np.ndarray:
-    """T[x, P, o, m] = sum_n (d_x m, n|P) C[n, o] from int3c (3, P, n, m), PySCF's unpacked AO transform."""
-    _, naux, nao, _ = int3c.shape
-    nocc = orbitals.shape[1]
-    out = np.empty((3, naux, nocc, nao))
-    _ao2mo.libao2mo.AO2MOnr_e2_drv(
-        _ao2mo.libao2mo.AO2MOtranse2_nr_s1, _ao2mo.libao2mo.AO2MOmmm_bra_nr_s1,
-        out.ctypes.data_as(ctypes.c_void_p), int3c.ctypes.data_as(ctypes.c_void_p),
-        orbitals.ctypes.data_as(ctypes.c_void_p), ctypes.c_int(3 * naux), ctypes.c_int(nao),
-        (ctypes.c_int * 4)(0, nocc, 0, nao), lib.c_null_ptr(), ctypes.c_int(0))
-    return out
 
 
 def get_jk(mf_grad, mol=None, dm=None, hermi=0, with_j=True, with_k=True,
@@ -208,7 +200,8 @@ def get_jk(mf_grad, mol=None, dm=None, hermi=0, with_j=True, with_k=True,
             for x in range(3):
                 vj[i, x] += (rhoj[i, p0:p1] @ flat[x]).reshape(nao, nao).T
         flat = drhoj = None
-        t = [_ip1_dot_orbitals(int3c, c) for c in orbol]
+        # t[i][x, P, o, m] = sum_n (d_x m, n|P) C_i[n, o]
+        t = [_bra_transform("s1", int3c, c).reshape(3, p1 - p0, -1, nao) for c in orbol]
         int3c = None
         for i in range(nset):
             rhok = get_rhok(i, p0, p1)
@@ -227,8 +220,13 @@ def get_jk(mf_grad, mol=None, dm=None, hermi=0, with_j=True, with_k=True,
             vkaux[i, j] -= np.einsum("xpq,pq->xp", int2c_e1,
                                      lib.einsum("pij,qji->pq", rhok_oo[i, j], rhok_oo[j, i]))
     slices = auxmol.aoslice_by_atom()[:, 2:]
-    vjaux = np.ascontiguousarray(np.array([-vjaux[..., p0:p1].sum(axis=-1) for p0, p1 in slices]).transpose(1, 2, 0, 3))
-    vkaux = np.ascontiguousarray(np.array([-vkaux[..., p0:p1].sum(axis=-1) for p0, p1 in slices]).transpose(1, 2, 0, 3))
+
+    def per_atom(aux: np.ndarray) -> np.ndarray:
+        """(nset, nset, 3, naux) -> (nset, nset, natm, 3), summed over each atom's functions, sign flipped."""
+        sums = np.array([-aux[..., p0:p1].sum(axis=-1) for p0, p1 in slices])
+        return np.ascontiguousarray(sums.transpose(1, 2, 0, 3))
+
+    vjaux, vkaux = per_atom(vjaux), per_atom(vkaux)
     out_shape = np.shape(dm)[:-2] + (3, nao, nao)
     vk = lib.tag_array(-vk.reshape(out_shape), aux=vkaux)
     if not with_j:
