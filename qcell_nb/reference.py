@@ -35,7 +35,13 @@ def _label_one(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
 
 
 def _settings_text(calc_params: dict[str, Any] | None) -> str:
-    return json.dumps(calc_params, sort_keys=True, default=str)
+    """The parameters that decide a label's numbers, as comparable text (resource settings left out)."""
+    from .calculators.pbe0 import RESOURCE_PARAMETERS
+
+    if calc_params is None:  # a dataset that did not record its settings matches nothing
+        return "null"
+    decisive = {k: v for k, v in calc_params.items() if k not in RESOURCE_PARAMETERS}
+    return json.dumps(decisive, sort_keys=True, default=str)
 
 
 def reuse_labels(dataset: Dataset, source: str | os.PathLike | None, structures: dict[str, Atoms],

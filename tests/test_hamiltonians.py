@@ -123,6 +123,11 @@ def test_labels_and_matrices_are_reused_from_an_earlier_dataset_with_the_same_se
     np.testing.assert_array_equal(copied["hamiltonian"], HamiltonianStore(hamiltonians_path(earlier.path)).read(sid)["hamiltonian"])
     assert copied["units"]["hamiltonian"] and generalized_eigen_residual(copied) < 1e-5
 
+    # another memory budget computes the same numbers: reused
+    bigger = Dataset(tmp_path / "bigger" / "dataset.db")
+    label_missing([water()], bigger, executor="serial", progress=False, basis="sto-3g", mbd=None,
+                  max_memory_mb=2000, reuse_from=earlier.path)
+    assert computed == ["OH radical"] and next(bigger.rows()).energy == old.energy
     other = Dataset(tmp_path / "other" / "dataset.db")  # another basis: a different calculation, nothing reused
     label_missing([water()], other, executor="serial", progress=False, basis="6-31g", mbd=None, reuse_from=earlier.path)
     assert computed[-1] == "water" and next(other.rows()).energy != old.energy

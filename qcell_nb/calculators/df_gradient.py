@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -39,6 +38,7 @@ from pyscf import df, lib
 from pyscf.ao2mo import _ao2mo
 from pyscf.df.grad import rhf as df_rhf_grad
 
+from qcell_nb.calculators.memory import available_memory_bytes
 from qcell_nb.calculators.screened_numint import density_factors
 
 #: PySCF's own solver and J/K gradient, captured before anything swaps them.
@@ -47,21 +47,6 @@ PYSCF_GET_JK = df_rhf_grad.get_jk
 
 #: rhok (naux, nocc, nao) is held in memory only if it takes at most this share of the available memory.
 MEMORY_FRACTION = 0.4
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable of this machine (bytes), or 0 if it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 0
 
 
 def _bra_transform(packing: str, ao_pairs: np.ndarray, orbitals: np.ndarray) -> np.ndarray:

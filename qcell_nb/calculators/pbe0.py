@@ -80,6 +80,12 @@ never uses the GPU. Hirshfeld analysis, dipole and MBD always run on the CPU.
 
 Threads: PySCF's ``lib.num_threads()`` follows ``OMP_NUM_THREADS``; this module
 does not override it (a Dask worker sets it for its own process).
+
+Memory: PySCF's ``max_memory`` is ``max_memory_mb``, by default 70% of the
+memory this machine (or the Dask worker's limit) has, instead of PySCF's fixed
+4,000 MB, under which the density-fitting tensors of a ``tight`` label go to
+disk from ~35 atoms (see :mod:`qcell_nb.calculators.memory`).
+``results["df_tensors_in_memory"]`` says whether they stayed in memory.
 """
 
 from __future__ import annotations
@@ -120,6 +126,10 @@ PRESETS: dict[str, dict[str, Any]] = {
               "conv_tol": 1e-9, "conv_tol_grad": None},
 }
 
+#: Parameters that change how a label is computed (memory, logging, where cached free atoms
+#: live), not its numbers: labels made with different values of these are the same labels.
+RESOURCE_PARAMETERS = frozenset({"max_memory_mb", "verbose", "free_atom_cache"})
+
 #: Parameters a preset sets.
 PRESET_KEYS = ("basis", "auxbasis", "grid_level", "conv_tol", "conv_tol_grad")
 
@@ -156,6 +166,9 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "mm_positions": None,
     "mm_charges": None,
     "free_atom_cache": None,  # None = ~/.cache/qcell_nb/free_atoms or $QCELL_NB_CACHE
+    # PySCF's max_memory (MB); None = 70% of what this machine (or Dask worker) has, so that the
+    # density-fitting tensors stay in memory where they fit (qcell_nb.calculators.memory).
+    "max_memory_mb": None,
     "verbose": 0,
 }
 
@@ -360,12 +373,17 @@ class PBE0MBD(Calculator):
             **({} if vv_ratios is None else {"vv_alpha0_ratios": np.asarray(vv_ratios["alpha0_ratios"]),
                                              "vv_c6_ratios": np.asarray(vv_ratios["c6_ratios"])}),
             "auxbasis": str(cpu_mf.with_df.auxbasis),
+            "max_memory_mb": float(mf.max_memory),
             "basis": str(p["basis"]),
             "device": p["_device"],
             "wall_time_s": 0.0,
         }
         if p["kohn_sham_matrices"]:
             self.results["kohn_sham"] = kohn_sham_matrices(mf)
+        if p["_device"] != "gpu":
+            # False: PySCF wrote the 3-index tensors to a temporary file, which every cycle reads
+            # again (several times slower); a larger max_memory_mb keeps them in memory.
+            self.results["df_tensors_in_memory"] = isinstance(getattr(mf.with_df, "_cderi", None), np.ndarray)
 
     def _compute_forces(self) -> None:
         grad = self._mf.nuc_grad_method()

@@ -40,6 +40,7 @@ from ase import Atoms
 from pyscf import dft, gto
 
 from qcell_nb.calculators.grid_boxes import fast_box_order
+from qcell_nb.calculators.memory import memory_budget_mb
 from qcell_nb.calculators.screened_numint import ScreenedNumInt
 from qcell_nb.structures import OVERLAP_DISTANCE, closest_pair
 
@@ -242,6 +243,10 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     0.25 Ha + damping 0.5 from the last density; 3. second-order (Newton)
     solver from the last orbitals. Each stage gets ``max_cycle`` cycles.
 
+    ``mol.max_memory`` (which the SCF, density-fitting and gradient objects
+    copy) is set first from ``params["max_memory_mb"]`` (None: what the machine
+    or the Dask worker has; see :func:`qcell_nb.calculators.memory.memory_budget_mb`).
+
     Returns
     -------
     mf : SCF object (converged), total cycles used (int, the coarse ones included)
@@ -251,6 +256,7 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     RuntimeError
         If no stage converges; the message names the structure.
     """
+    mol.max_memory = memory_budget_mb(params.get("max_memory_mb"))
     # Each stage builds its grid, and PySCF's sort of the points into boxes is slow (see grid_boxes).
     with fast_box_order():
         return _converge(mol, params, name)

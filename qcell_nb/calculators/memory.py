@@ -1,0 +1,96 @@
+"""How much memory a PBE0 calculation may use (PySCF's ``max_memory``, MB).
+
+PySCF keeps the density-fitting tensors B (naux x nao(nao+1)/2 doubles) in
+memory only while they take less than 90% of ``max_memory``, and its default
+``max_memory`` is 4,000 MB whatever the machine has. Above that, B goes to a
+temporary HDF5 file that every SCF cycle reads again, and the gradient's
+shortcuts (:mod:`qcell_nb.calculators.df_gradient`) give way to PySCF's file
+path. With def2-TZVP and def2-universal-jkfit, B passes 3.6 GB at ~35 atoms
+(glycine pentamer, 38 atoms: 4.3 GB; Gly7, 52 atoms: 11.3 GB), so the
+``tight`` labels of most QCell fragments would run from disk on a machine
+with memory to spare.
+
+:func:`memory_budget_mb` gives the budget instead from what the process can
+have: :data:`BUDGET_FRACTION` of the machine's available memory, or of the
+Dask worker's memory limit inside a worker (Dask pauses a worker at 80% of
+its limit and restarts it at 95%). A value the user sets (the calculator's
+``max_memory_mb``, or PySCF's own ``PYSCF_MAX_MEMORY`` environment variable)
+is used as given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+#: Share of the available memory (or of a Dask worker's limit) given to PySCF. PySCF counts the
+#: process's whole resident size against ``max_memory``, so the budget bounds the process.
+BUDGET_FRACTION = 0.7
+
+#: Never less than this (MB): PySCF's block sizes need some room even on a small machine.
+MINIMUM_BUDGET_MB = 500.0
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable of this machine (bytes), or 0 if it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def dask_worker_memory_limit_bytes() -> int | None:
+    """The memory limit (bytes) of the Dask worker running this code, or None outside a worker or without a limit."""
+    if "distributed" not in sys.modules:  # no worker can be running without it; do not import it
+        return None
+    from distributed import get_worker
+
+    try:
+        limit = get_worker().memory_manager.memory_limit
+    except (ValueError, AttributeError):  # not in a worker (ValueError), or an older worker
+        return None
+    return int(limit) if limit else None
+
+
+def memory_budget_mb(requested: float | None = None) -> float:
+    """PySCF ``max_memory`` (MB) for one calculation in this process.
+
+    Parameters
+    ----------
+    requested:
+        The user's value (MB), used as given; None: ``PYSCF_MAX_MEMORY`` if
+        that is set, otherwise :data:`BUDGET_FRACTION` of the smaller of the
+        machine's available memory and the Dask worker's limit, at least
+        :data:`MINIMUM_BUDGET_MB`.
+
+    Raises
+    ------
+    ValueError
+        If ``requested`` is not a positive finite number.
+    """
+    if requested is not None:
+        try:
+            value = float(requested)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"max_memory_mb={requested!r} is not a positive number of megabytes")
+        return value
+    if os.environ.get("PYSCF_MAX_MEMORY"):
+        from pyscf.lib import param
+
+        return float(param.MAX_MEMORY)
+    limits = [b for b in (available_memory_bytes(), dask_worker_memory_limit_bytes()) if b]
+    if not limits:
+        from pyscf.lib import param
+
+        return float(param.MAX_MEMORY)
+    return max(MINIMUM_BUDGET_MB, BUDGET_FRACTION * min(limits) / 1e6)
