@@ -84,11 +84,9 @@ def memory_budget_mb(requested: float | None = None) -> float:
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"max_memory_mb={requested!r} is not a positive number of megabytes")
         return value
-    if os.environ.get("PYSCF_MAX_MEMORY"):
-        from pyscf.lib import param
-
-        return float(param.MAX_MEMORY)
-    limits = [b for b in (available_memory_bytes(), dask_worker_memory_limit_bytes()) if b]
+    # The user's PYSCF_MAX_MEMORY, or nothing to go by: PySCF's own value.
+    limits = ([] if os.environ.get("PYSCF_MAX_MEMORY")
+              else [b for b in (available_memory_bytes(), dask_worker_memory_limit_bytes()) if b])
     if not limits:
         from pyscf.lib import param
 
