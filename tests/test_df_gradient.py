@@ -110,3 +110,25 @@ def test_untagged_densities_and_j_only_take_pyscfs_jk_gradient(monkeypatch) -> N
     assert df_gradient.get_jk(grad, mf.mol, mf.make_rdm1(), with_k=False) == ("j", "k")
     assert len(called) == 2
     assert df_gradient.get_jk(grad, mf.mol, mf.make_rdm1())[1].aux.shape == (1, 1, 3, 3)
+
+
+def test_little_memory_shrinks_the_aux_blocks_not_the_result(monkeypatch) -> None:
+    # With almost no memory left the (d m, n|P) blocks shrink to one auxiliary shell each; the
+    # gradient is the same, since each auxiliary function enters independently.
+    from pyscf import lib
+
+    mf = converged(WATER, 0)
+    grad = mf.nuc_grad_method()
+    grad.verbose = 0
+    dm = mf.make_rdm1()
+    blocks = []
+    partition = df_rhf_grad.balance_partition
+    monkeypatch.setattr(df_rhf_grad, "balance_partition",
+                        lambda ao_loc, blksize, *a: blocks.append(blksize) or partition(ao_loc, blksize, *a))
+    with fast_df_gradient():
+        vj_ref, vk_ref = df_rhf_grad.get_jk(grad, mf.mol, dm)
+        grad.max_memory = lib.current_memory()[0] + 0.01  # MB
+        vj, vk = df_rhf_grad.get_jk(grad, mf.mol, dm)
+    assert blocks == [df_gradient.AUX_BLOCK_FUNCTIONS, 1]
+    for ours, reference in [(vj, vj_ref), (vk, vk_ref), (vj.aux, vj_ref.aux), (vk.aux, vk_ref.aux)]:
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12 * np.abs(reference).max())

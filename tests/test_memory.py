@@ -89,3 +89,11 @@ def test_budget_decides_where_the_df_tensors_live_not_the_label(no_pyscf_overrid
     assert on_disk["max_memory_mb"] == 1.0 and in_memory["max_memory_mb"] >= MINIMUM_BUDGET_MB
     assert on_disk["energy"] == pytest.approx(in_memory["energy"], abs=1e-8)
     np.testing.assert_allclose(on_disk["forces"], in_memory["forces"], atol=1e-7)
+
+
+def test_label_keeps_where_the_tensors_lived(no_pyscf_override) -> None:
+    """The dataset row says why a label was slow: its budget and whether the tensors went to disk."""
+    from qcell_nb.calculators.pbe0 import label_structure
+
+    result = label_structure(water(), max_memory_mb=1.0, mbd=None)
+    assert result["max_memory_mb"] == 1.0 and result["df_tensors_in_memory"] is False

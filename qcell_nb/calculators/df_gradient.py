@@ -179,7 +179,9 @@ def get_jk(mf_grad, mol=None, dm=None, hermi=0, with_j=True, with_k=True,
                for i in range(nset) for j in range(nset)}
     get_int3c_ip1 = df_rhf_grad._int3c_wrapper(mol, auxmol, "int3c2e_ip1", "s1")
     max_memory = mf_grad.max_memory - lib.current_memory()[0]
-    blksize = int(min(max(max_memory * 0.5e6 / 8 / (nao**2 * 3), 20), naux, AUX_BLOCK_FUNCTIONS))
+    # At most half the free memory per (3, P, nao, nao) block: from ~2,000 basis functions 24 auxiliary
+    # functions are ~2 GB, so the memory term (not PySCF's floor of 20) must be able to shrink it.
+    blksize = int(max(1, min(max_memory * 0.5e6 / 8 / (nao**2 * 3), naux, AUX_BLOCK_FUNCTIONS)))
     for shl0, shl1, _ in df_rhf_grad.balance_partition(aux_loc, blksize):
         p0, p1 = aux_loc[shl0], aux_loc[shl1]
         int3c = get_int3c_ip1((0, nbas, 0, nbas, shl0, shl1)).transpose(0, 3, 2, 1)  # [x, P, n, m] = (d_x m, n|P)

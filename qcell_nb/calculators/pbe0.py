@@ -447,6 +447,10 @@ def label_structure(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
     for optional in ("kohn_sham", "mm_forces"):
         if optional in r:
             result[optional] = r[optional]
+    # Resources, kept with the row so that a slow label can be explained (tensors read from disk).
+    result["max_memory_mb"] = float(r["max_memory_mb"])
+    if "df_tensors_in_memory" in r:
+        result["df_tensors_in_memory"] = bool(r["df_tensors_in_memory"])
     return result
 
 
