@@ -76,12 +76,19 @@ def _bra_transform(packing: str, ao_pairs: np.ndarray, orbitals: np.ndarray) -> 
 
 def cderi_rhojk(mf_grad, mol, auxmol, orbol, orbor, decompose_j2c="CD",
                 lindep=df_rhf_grad.LINEAR_DEP_THRESHOLD):
-    """Drop-in for PySCF's ``_cho_solve_rhojk``: rhoj (nset, naux) and a rhok getter, from ``_cderi``."""
+    """Drop-in for PySCF's ``_cho_solve_rhojk``: rhoj (nset, naux) and a rhok getter, from ``_cderi``.
+
+    The SCF's tensors B = L^-1 (P|mn) are read in blocks of auxiliary functions, from memory or
+    from PySCF's temporary file when they did not fit (large molecules, tight basis): either way
+    the (mn|P) integrals are not computed again, as PySCF's own solver does.
+    """
     with_df = getattr(mf_grad.base, "with_df", None)
     cderi = getattr(with_df, "_cderi", None)
     nao, naux = mol.nao, auxmol.nao
+    nao_pair = nao * (nao + 1) // 2
     nocc = [o.shape[-1] for o in orbor]
-    fallback = (not isinstance(cderi, np.ndarray) or cderi.shape != (naux, nao * (nao + 1) // 2)
+    fallback = (cderi is None or with_df.get_naoaux() != naux
+                or (isinstance(cderi, np.ndarray) and cderi.shape != (naux, nao_pair))
                 or str(decompose_j2c).upper() != "CD"
                 or 8 * naux * nao * sum(nocc) > MEMORY_FRACTION * available_memory_bytes())
     low = None
@@ -96,15 +103,26 @@ def cderi_rhojk(mf_grad, mol, auxmol, orbol, orbor, decompose_j2c="CD",
     def solve_metric(b: np.ndarray) -> np.ndarray:  # L^-T b, i.e. (P|Q)^-1 (Q|..) from B
         return scipy.linalg.solve_triangular(low, b, lower=True, trans="T", overwrite_b=True, check_finite=False)
 
-    rhoj = np.empty((len(orbol), naux))
-    rhok = []
     diagonal = np.arange(nao) * (np.arange(nao) + 1) // 2 + np.arange(nao)
-    for i, (left, right) in enumerate(zip(orbol, orbor)):
+    dm_tril = []
+    for left, right in zip(orbol, orbor):
         dm = left @ right.T
-        dm_tril = lib.pack_tril(dm + dm.T)
-        dm_tril[diagonal] *= 0.5
-        rhoj[i] = solve_metric(cderi @ dm_tril)
-        rhok.append(solve_metric(_bra_transform("s2", cderi, right).reshape(naux, -1)).reshape(naux, nocc[i], nao))
+        packed = lib.pack_tril(dm + dm.T)
+        packed[diagonal] *= 0.5
+        dm_tril.append(packed)
+    rhoj = np.empty((len(orbol), naux))
+    rhok = [np.empty((naux, n * nao)) for n in nocc]
+    p0 = 0
+    for block in with_df.loop():
+        if block.shape[1] != nao_pair:  # not the s2-packed tensors this code reads
+            return PYSCF_CHO_SOLVE_RHOJK(mf_grad, mol, auxmol, orbol, orbor, decompose_j2c, lindep)
+        p1 = p0 + len(block)
+        for i, right in enumerate(orbor):
+            rhoj[i, p0:p1] = block @ dm_tril[i]
+            rhok[i][p0:p1] = _bra_transform("s2", block, right).reshape(p1 - p0, -1)
+        p0 = p1
+    rhoj = np.ascontiguousarray(solve_metric(rhoj.T).T)
+    rhok = [solve_metric(r).reshape(naux, n, nao) for r, n in zip(rhok, nocc)]
 
     def get_rhok(set_id: int, p0: int, p1: int) -> np.ndarray:
         return rhok[set_id][p0:p1]
