@@ -44,6 +44,7 @@ def test_bad_inputs_are_named_failures_and_the_stage_finishes(tmp_path) -> None:
     assert row.data["hirsh_ratios"].shape == (3,) and row.charges.shape == (3,)
     assert row.scf_iterations > 0 and row.wall_time_s > 0 and row.stage == "05_reference"
     assert row.level_of_theory == "PBE0+MBD@rsSCS/sto-3g (PySCF DF)" and row.subset == "ions_water"
+    assert row.df_tensors_in_memory is True and row.max_memory_mb >= 500  # resources, kept to explain speed
 
     errors = {f["name"]: f["error"] for f in dataset.failures()}
     assert set(errors) == set(bad)
