@@ -210,7 +210,7 @@ def test_unknown_parameter() -> None:
 def test_scf_failure_names_structure() -> None:
     atoms = water("stubborn water")
     atoms.calc = PBE0MBD(basis="sto-3g", max_cycle=1, conv_tol=1e-14)
-    with pytest.raises(RuntimeError, match=r"stubborn water: SCF did not converge in \d+ cycles"):
+    with pytest.raises(RuntimeError, match=r"stubborn water: SCF did not converge in \d+ cycles .*Hückel guess"):
         atoms.get_potential_energy()
 
 
@@ -229,9 +229,20 @@ def test_rescue_stages_reuse_the_density_fitting_tensors(monkeypatch) -> None:
     atoms.calc = PBE0MBD(basis="sto-3g", mbd=None, max_cycle=1, conv_tol=1e-14)
     with pytest.raises(RuntimeError, match="did not converge"):
         atoms.get_potential_energy()
-    assert len(made) == 5  # grid 3: coarse levels 0 and 1, then DIIS, level shift, Newton
+    assert len(made) == 6  # grid 3: coarse levels 0 and 1, then DIIS, level shift, Newton, Hückel start
+    assert made[-1].init_guess == "huckel"
     assert given[0] is None
     assert all(df is made[0].with_df for df in given[1:])
+
+
+def test_the_hueckel_start_reaches_the_same_ground_state() -> None:
+    # The last rescue stage starts afresh; where it converges it must be the state the usual path finds.
+    params = resolve_parameters({"basis": "def2-svp", "grid_level": 2})
+    mol = scf.build_mole(water(), "def2-svp", 0, 1)
+    usual, _ = scf.run_scf(mol, params)
+    fresh = scf._shifted_scf(mol, params, with_df=None, init_guess="huckel")
+    assert fresh.converged and fresh.level_shift == 0.0 and fresh.damp == 0.0
+    assert fresh.e_tot == pytest.approx(usual.e_tot, abs=1e-8)
 
 
 def test_each_stage_takes_over_the_last_coulomb_and_exchange_build(monkeypatch) -> None:

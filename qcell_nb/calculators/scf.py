@@ -241,7 +241,8 @@ def run_scf(mol: gto.Mole, params: dict[str, Any], name: str = "structure"):
     tensors, built once, serve every stage; 1. default DIIS on the full grid, without PySCF's extra
     confirmation cycle; 2. level shift
     0.25 Ha + damping 0.5 from the last density; 3. second-order (Newton)
-    solver from the last orbitals. Each stage gets ``max_cycle`` cycles.
+    solver from the last orbitals; 4. level shift + damping from PySCF's Hückel guess
+    instead of the first stage's start. Each stage gets ``max_cycle`` cycles.
 
     ``mol.max_memory`` (which the SCF, density-fitting and gradient objects
     copy) is set first from ``params["max_memory_mb"]`` (None: what the machine
@@ -275,17 +276,9 @@ def _converge(mol: gto.Mole, params: dict[str, Any], name: str):
     if mf.converged:
         return mf, cycles
 
-    shifted = _make_scf(mol, params, with_df=with_df)
-    shifted.level_shift = 0.25
-    shifted.damp = 0.5
-    shifted.diis_start_cycle = 2
-    shifted.kernel(dm0=mf.make_rdm1())
+    shifted = _shifted_scf(mol, params, with_df, dm0=mf.make_rdm1())
     cycles += int(getattr(shifted, "cycles", 0))
     if shifted.converged:
-        # Level shift only changes the path, not the fixed point; clear it so
-        # gradients and analysis see the plain Fock matrix.
-        shifted.level_shift = 0.0
-        shifted.damp = 0.0
         return shifted, cycles
 
     newton = _make_scf(mol, params, with_df=with_df).newton()
@@ -298,10 +291,33 @@ def _converge(mol: gto.Mole, params: dict[str, Any], name: str):
             setattr(mf, key, getattr(newton, key))
         mf.grids.build()  # the plain object has not run, so build its grid
         return mf, cycles
+
+    # Every stage so far went on from the first one's start; a different start can leave a
+    # basin that start led into (a wrong charge distribution over an ion and its waters, say).
+    # CPU only: gpu4pyscf's initial guesses are not checked here.
+    if params.get("_device") != "gpu":
+        guessed = _shifted_scf(mol, params, with_df, init_guess="huckel")
+        cycles += int(getattr(guessed, "cycles", 0))
+        if guessed.converged:
+            return guessed, cycles
     raise RuntimeError(
         f"{name}: SCF did not converge in {cycles} cycles "
-        f"(DIIS, level shift + damping, second-order; conv_tol={params['conv_tol']:g} Ha)"
+        f"(DIIS, level shift + damping, second-order, Hückel guess; conv_tol={params['conv_tol']:g} Ha)"
     )
+
+
+def _shifted_scf(mol: gto.Mole, params: dict[str, Any], with_df, dm0=None, init_guess: str | None = None):
+    """SCF with a 0.25 Ha level shift, damping 0.5 and DIIS from cycle 2, from ``dm0`` (or from
+    PySCF's ``init_guess``). Converged, the shift and damping are cleared: they change the path,
+    not the fixed point, and gradients and analysis must see the plain Fock matrix."""
+    mf = _make_scf(mol, params, with_df=with_df)
+    mf.level_shift, mf.damp, mf.diis_start_cycle = 0.25, 0.5, 2
+    if init_guess is not None:
+        mf.init_guess = init_guess
+    mf.kernel(dm0=dm0)
+    if mf.converged:
+        mf.level_shift, mf.damp = 0.0, 0.0
+    return mf
 
 
 def kohn_sham_matrices(mf) -> dict[str, Any]:
