@@ -3,12 +3,23 @@
 PySCF keeps the density-fitting tensors B (naux x nao(nao+1)/2 doubles) in
 memory only while they take less than 90% of ``max_memory``, and its default
 ``max_memory`` is 4,000 MB whatever the machine has. Above that, B goes to a
-temporary HDF5 file that every SCF cycle reads again, and the gradient's
-shortcuts (:mod:`qcell_nb.calculators.df_gradient`) give way to PySCF's file
-path. With def2-TZVP and def2-universal-jkfit, B passes 3.6 GB at ~35 atoms
+temporary HDF5 file that every SCF cycle and the gradient
+(:mod:`qcell_nb.calculators.df_gradient`) read again. With def2-TZVP and def2-universal-jkfit, B passes 3.6 GB at ~35 atoms
 (glycine pentamer, 38 atoms: 4.3 GB; Gly7, 52 atoms: 11.3 GB), so the
 ``tight`` labels of most QCell fragments would run from disk on a machine
-with memory to spare.
+with memory to spare. Sizes of B for glycine oligomers (def2-universal-jkfit):
+
+========  =====  ==========  ===========
+chain     atoms  def2-SVP    def2-TZVP
+========  =====  ==========  ===========
+Gly3      24     0.27 GB     1.05 GB
+Gly5      38     1.1 GB      4.3 GB
+Gly7      52     2.85 GB     11.3 GB
+Gly10     73     8.0 GB      31.6 GB
+Gly14     101    21.3 GB     (~85 GB)
+========  =====  ==========  ===========
+
+(about N^3; the bracketed figure is extrapolated).
 
 :func:`memory_budget_mb` gives the budget instead from what the process can
 have: :data:`BUDGET_FRACTION` of the machine's available memory, or of the
