@@ -135,10 +135,18 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
         pairs["stage"] = stage
         data = {k: np.asarray(v) for k, v in extra.items() if k not in pairs}
         dataset.add(atoms, results, key_value_pairs=pairs, data=data, sid=sid)
+        if result.get("df_tensors_in_memory") is False:
+            from_disk.append(sid)
 
     def fail(sid: str, error: str) -> None:
         dataset.record_failure(sid, by_id[sid].info.get("name", ""), stage, error)
 
-    return map_items(_label_one, [by_id[sid] for sid in todo], todo, on_result=store, on_failure=fail,
-                     executor=executor, n_workers=n_workers, retries=retries, progress=progress,
-                     description="PBE0+MBD labels", **calc_params)
+    from_disk: list[str] = []
+    summary = map_items(_label_one, [by_id[sid] for sid in todo], todo, on_result=store, on_failure=fail,
+                        executor=executor, n_workers=n_workers, retries=retries, progress=progress,
+                        description="PBE0+MBD labels", **calc_params)
+    if from_disk:
+        print(f"{len(from_disk)} of {summary.succeeded} labels kept their density-fitting tensors on disk "
+              "(slower, same numbers): give the workers more memory or set max_memory_mb; "
+              "their rows have df_tensors_in_memory=False", flush=True)
+    return summary

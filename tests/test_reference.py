@@ -81,3 +81,12 @@ def test_preset_metadata(tmp_path) -> None:
     label_missing([], dataset, executor="serial", progress=False, preset="auto")
     assert dataset.metadata["level_of_theory"].startswith("PBE0+MBD@rsSCS/def2-tzvp (<= 350 atoms)")
     assert dataset.metadata["calculator_parameters"] == {"preset": "auto"}
+
+
+def test_labels_whose_tensors_went_to_disk_are_counted_for_the_user(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("PYSCF_MAX_MEMORY", raising=False)
+    dataset = Dataset(tmp_path / "dataset.db")
+    label_missing([water()], dataset, executor="serial", progress=False, max_memory_mb=1.0, **PARAMS)
+    assert "1 of 1 labels kept their density-fitting tensors on disk" in capsys.readouterr().out
+    (row,) = dataset.rows()
+    assert row.df_tensors_in_memory is False and row.max_memory_mb == 1.0
