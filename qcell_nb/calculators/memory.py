@@ -5,8 +5,9 @@ memory only while they take less than 90% of ``max_memory``, and its default
 ``max_memory`` is 4,000 MB whatever the machine has. Above that, B goes to a
 temporary HDF5 file that every SCF cycle and the gradient
 (:mod:`qcell_nb.calculators.df_gradient`) read again. With def2-TZVP and
-def2-universal-jkfit, B passes 3.6 GB at ~35 atoms, so the ``tight`` labels of most QCell fragments would run from disk on a machine
-with memory to spare. Sizes of B for glycine oligomers (def2-universal-jkfit):
+def2-universal-jkfit, B passes 3.6 GB at ~35 atoms, so the ``tight`` labels
+of most QCell fragments would run from disk on a machine with memory to
+spare. Sizes of B for glycine oligomers (def2-universal-jkfit):
 
 ========  =====  ==========  ===========
 chain     atoms  def2-SVP    def2-TZVP
