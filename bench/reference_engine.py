@@ -49,14 +49,15 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     12-07b EPYC Gly3   24     161.9    35.9   4.51x     0.008 / 0.026
     12-07b EPYC Gly7   52     -        372.9  -         -
     12-07b EPYC Gly10  73     -        1134.6 -         -
-    12-07b EPYC Gly14  101    -        >5000  -         -
+    12-07b EPYC Gly14  101    -        7466.5 -         -
     ==========  =====  =====  =======  =====  ========  ===============
 
     The 12-07b rows: ``--sizes 1 3 7 10 14 --default-max-atoms 30``, after the 24-function
     auxiliary blocks, the memory budget and the on-disk gradient reads; ours grows as N^2.8 from
     10 to 73 atoms (N^3.1 from 24). Gly14's tensors (21.3 GB) did not fit the 70% budget of a
     23 GB machine and went to PySCF's file, which each SCF cycle reads again (~35 full reads at
-    ~180 MB/s): I/O-bound, not finished after 90 min. Beyond ~90 atoms with def2-SVP, give the
+    ~180 MB/s): 5706 s wall, 7466 CPU-s (PySCF's prefetch thread counted), 19 cycles; with it
+    the fit over 10-101 atoms is N^3.0 (wall). Beyond ~90 atoms with def2-SVP, give the
     tensors memory (see :mod:`qcell_nb.calculators.memory`).
 
     (dE kcal/mol, dF max kcal/mol/Å against the default SCF's forces with
