@@ -112,6 +112,8 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
     todo = [sid for sid in by_id if sid not in done]
     print(f"{len(by_id)} structures: {len(by_id) - len(todo)} already labelled, {len(todo)} to compute", flush=True)
 
+    from_disk: list[str] = []  # labels whose DF tensors did not fit in memory
+
     def store(sid: str, result: dict[str, Any]) -> None:
         atoms = by_id[sid]
         for key in ("energy", "forces"):
@@ -141,7 +143,6 @@ def label_missing(structures: list[Atoms], dataset: Dataset, *, stage: str = "05
     def fail(sid: str, error: str) -> None:
         dataset.record_failure(sid, by_id[sid].info.get("name", ""), stage, error)
 
-    from_disk: list[str] = []
     summary = map_items(_label_one, [by_id[sid] for sid in todo], todo, on_result=store, on_failure=fail,
                         executor=executor, n_workers=n_workers, retries=retries, progress=progress,
                         description="PBE0+MBD labels", **calc_params)

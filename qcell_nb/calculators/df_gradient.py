@@ -87,8 +87,8 @@ def cderi_rhojk(mf_grad, mol, auxmol, orbol, orbor, decompose_j2c="CD",
     nao, naux = mol.nao, auxmol.nao
     nao_pair = nao * (nao + 1) // 2
     nocc = [o.shape[-1] for o in orbor]
+    # The row length (nao_pair, s2-packed) is checked on the blocks as they are read.
     fallback = (cderi is None or with_df.get_naoaux() != naux
-                or (isinstance(cderi, np.ndarray) and cderi.shape != (naux, nao_pair))
                 or str(decompose_j2c).upper() != "CD"
                 or 8 * naux * nao * sum(nocc) > MEMORY_FRACTION * available_memory_bytes())
     low = None
