@@ -61,3 +61,94 @@ def test_scf_with_screened_integration_reaches_pyscf_energy(chain) -> None:
     mf.xc, mf.grids.level, mf.max_cycle = "pbe0", 2, 4
     mf.kernel()
     assert abs(mf.e_tot - chain.e_tot) < 1e-9
+
+
+def _counting_eval_ao(monkeypatch) -> list[int]:
+    """Count the AO evaluations ScreenedNumInt makes (one per block evaluated)."""
+    calls: list[int] = []
+    original = ScreenedNumInt.eval_ao  # a staticmethod in PySCF
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ScreenedNumInt, "eval_ao", staticmethod(counted))
+    return calls
+
+
+def test_a_second_call_on_the_same_grid_evaluates_no_ao_and_agrees(chain, monkeypatch) -> None:
+    calls = _counting_eval_ao(monkeypatch)
+    dm = chain.make_rdm1()
+    n_ref, e_ref, v_ref = dft.numint.NumInt().nr_rks(chain.mol, chain.grids, "pbe0", dm)
+    ni = ScreenedNumInt()
+    first = ni.nr_rks(chain.mol, chain.grids, "pbe0", dm, max_memory=4000)
+    n_blocks = len(calls)
+    assert n_blocks > 1 and len(ni._kept.blocks) == n_blocks
+    # A different density (the SCF's next cycle) on the same grid: the kept values serve it.
+    second = ni.nr_rks(chain.mol, chain.grids, "pbe0", 0.9 * dm, max_memory=4000)
+    third = ni.nr_rks(chain.mol, chain.grids, "pbe0", dm, max_memory=4000)
+    assert len(calls) == n_blocks
+    assert abs(second[1] - first[1]) > 1e-3  # the density did change the result
+    for n, e, v in (first, third):
+        assert abs(n - n_ref) < 1e-10 and abs(e - e_ref) < 1e-11
+        np.testing.assert_allclose(v, v_ref, rtol=0, atol=1e-11)
+
+
+def test_blocks_past_the_budget_are_evaluated_each_time(chain, monkeypatch) -> None:
+    calls = _counting_eval_ao(monkeypatch)
+    dm = chain.make_rdm1()
+    _, e_ref, v_ref = dft.numint.NumInt().nr_rks(chain.mol, chain.grids, "pbe", dm)
+    ni = ScreenedNumInt()
+    ni.nr_rks(chain.mol, chain.grids, "pbe", dm, max_memory=0)
+    n_blocks = len(calls)
+    assert ni._kept.blocks == []
+    # A budget for about a third of the values: those are kept, the rest evaluated again.
+    ni.release_ao_cache()
+    sizes = [block[2].nbytes for block in screened_numint.screened_blocks(
+        ni, chain.mol, chain.grids.coords, chain.grids.non0tab, 1, chain.grids.cutoff)]
+    budget_mb = sum(sizes) / 3 / screened_numint.AO_CACHE_FRACTION / 1e6
+    calls.clear()
+    ni.nr_rks(chain.mol, chain.grids, "pbe", dm, max_memory=budget_mb)
+    kept = len(ni._kept.blocks)
+    assert 0 < kept < n_blocks and ni._kept.nbytes <= sum(sizes) / 3
+    calls.clear()
+    _, e, v = ni.nr_rks(chain.mol, chain.grids, "pbe", dm, max_memory=budget_mb)
+    assert len(calls) == n_blocks - kept
+    assert abs(e - e_ref) < 1e-11
+    np.testing.assert_allclose(v, v_ref, rtol=0, atol=1e-11)
+
+
+def test_a_moved_molecule_or_a_rebuilt_grid_drops_the_kept_values(chain, monkeypatch) -> None:
+    calls = _counting_eval_ao(monkeypatch)
+    dm = chain.make_rdm1()
+    ni = ScreenedNumInt()
+    ni.nr_rks(chain.mol, chain.grids, "pbe", dm, max_memory=4000)
+    n_blocks = len(calls)
+    moved = chain.mol.copy()
+    coords = moved.atom_coords()
+    coords[0, 0] += 0.05
+    moved.set_geom_(coords, unit="Bohr")
+    calls.clear()
+    _, e, v = ni.nr_rks(moved, chain.grids, "pbe", dm, max_memory=4000)
+    assert len(calls) == n_blocks  # everything evaluated again, at the new geometry
+    _, e_ref, v_ref = dft.numint.NumInt().nr_rks(moved, chain.grids, "pbe", dm)
+    assert abs(e - e_ref) < 1e-11
+    np.testing.assert_allclose(v, v_ref, rtol=0, atol=1e-11)
+
+    grids = dft.gen_grid.Grids(chain.mol)
+    grids.level = chain.grids.level
+    grids.build(with_non0tab=True)  # as the SCF builds it
+    calls.clear()
+    ni.nr_rks(chain.mol, grids, "pbe", dm, max_memory=4000)
+    assert len(calls) > 0 and ni._kept.coords is grids.coords
+
+
+def test_the_scf_frees_the_kept_values_when_it_is_done(chain) -> None:
+    from qcell_nb.calculators.scf import run_scf
+
+    mol = gto.M(atom="O 0 0 0.12; H 0 0.76 -0.47; H 0 -0.76 -0.49", basis="sto-3g", verbose=0)
+    params = {"xc": "pbe0", "grid_level": 2, "conv_tol": 1e-9, "conv_tol_grad": None, "max_cycle": 50,
+              "verbose": 0, "auxbasis": "def2-universal-jkfit", "pre_grid_level": 0}
+    mf, cycles = run_scf(mol, params)
+    assert mf.converged and cycles > 2
+    assert mf._numint._kept is None

@@ -41,7 +41,7 @@ from pyscf import dft, gto
 
 from qcell_nb.calculators.grid_boxes import fast_box_order
 from qcell_nb.calculators.memory import memory_budget_mb
-from qcell_nb.calculators.screened_numint import ScreenedNumInt
+from qcell_nb.calculators.screened_numint import ScreenedNumInt, release_ao_cache
 from qcell_nb.structures import OVERLAP_DISTANCE, closest_pair
 
 #: Coarse-grid SCF stages before the requested grid: (levels above ``pre_grid_level``, energy
@@ -206,6 +206,14 @@ def _make_scf(mol: gto.Mole, params: dict[str, Any], with_df=None):
     return mf
 
 
+def _kernel(mf, *args, **kwargs) -> None:
+    """Run one SCF stage, then free the AO values its XC integration kept between cycles."""
+    try:
+        mf.kernel(*args, **kwargs)
+    finally:
+        release_ao_cache(mf)
+
+
 def _pre_converge(mol: gto.Mole, params: dict[str, Any]):
     """Density converged on the coarse grids, its DF object and the cycles used (or None, None, 0).
 
@@ -226,7 +234,7 @@ def _pre_converge(mol: gto.Mole, params: dict[str, Any]):
         coarse = _make_scf(mol, {**params, "grid_level": level, "conv_tol": max(tol, params["conv_tol"]),
                                  "conv_tol_grad": None}, with_df=with_df)
         coarse.conv_check = False
-        coarse.kernel(dm0=dm)
+        _kernel(coarse, dm0=dm)
         # Converged or not, a coarse density is only a starting guess.
         dm, with_df = coarse.make_rdm1(), getattr(coarse, "with_df", None)
         cycles += int(getattr(coarse, "cycles", 0))
@@ -271,7 +279,7 @@ def _converge(mol: gto.Mole, params: dict[str, Any], name: str):
     # The confirmation cycle costs a full Fock build and changes nothing once both the energy
     # and the orbital-gradient criteria hold (the rescue stages below keep it).
     mf.conv_check = False
-    mf.kernel(dm0=dm0)
+    _kernel(mf, dm0=dm0)
     cycles += int(getattr(mf, "cycles", 0))
     if mf.converged:
         return mf, cycles
@@ -282,7 +290,7 @@ def _converge(mol: gto.Mole, params: dict[str, Any], name: str):
         return shifted, cycles
 
     newton = _make_scf(mol, params, with_df=with_df).newton()
-    newton.kernel(shifted.mo_coeff, shifted.mo_occ)
+    _kernel(newton, shifted.mo_coeff, shifted.mo_occ)
     cycles += int(getattr(newton, "cycles", 0))
     if newton.converged:
         # Hand results to a plain DF object so gradients use the usual path.
@@ -314,7 +322,7 @@ def _shifted_scf(mol: gto.Mole, params: dict[str, Any], with_df, dm0=None, init_
     mf.level_shift, mf.damp, mf.diis_start_cycle = 0.25, 0.5, 2
     if init_guess is not None:
         mf.init_guess = init_guess
-    mf.kernel(dm0=dm0)
+    _kernel(mf, dm0=dm0)
     if mf.converged:
         mf.level_shift, mf.damp = 0.0, 0.0
     return mf
@@ -338,6 +346,7 @@ def kohn_sham_matrices(mf) -> dict[str, Any]:
     """
     dm = mf.make_rdm1()
     fock = mf.get_fock(dm=dm)
+    release_ao_cache(mf)  # one Fock build: nothing to keep the AO values for
     overlap = mf.get_ovlp()
     # The SCF's mo_energy belong to the Fock matrix one cycle earlier: with few cycles (a
     # pre-converged start) they miss the stored matrix's eigenvalues by ~1e-6 Ha.

@@ -19,6 +19,15 @@ evaluation already sets to zero for the block, so the result is PySCF's to
 round-off (1e-12 Ha in the energy, tested). Restricted LDA and GGA
 functionals; anything else (meta-GGA, UKS, several density matrices,
 non-Hermitian ones, grids without a screening table) goes to PySCF's code.
+
+The AO values on a grid depend on the molecule and the grid only, not on the
+density, yet PySCF evaluates them again in every SCF cycle (at Gly1 on this
+EPYC, libcgto's ``eval_gto`` was a fifth of a whole label). The blocks are
+therefore kept between cycles, up to :data:`AO_CACHE_FRACTION` of the memory
+the SCF has left; the blocks past that budget are evaluated each time as
+before. The kept values are the ones a fresh evaluation gives, so the result
+is unchanged (tested to 1e-12 Ha). :func:`release_ao_cache` frees them once an
+SCF stage is done.
 """
 
 from __future__ import annotations
@@ -50,17 +59,25 @@ def density_factors(dm: np.ndarray, mo_coeff: np.ndarray | None = None,
     return vectors[:, keep], eigenvalues[keep]
 
 
-def screened_blocks(ni, mol, coords: np.ndarray, mask: np.ndarray, deriv: int, cutoff: float):
+#: Fraction of the SCF's remaining memory budget (PySCF's ``max_memory`` less what the process
+#: already holds) that the AO values kept between SCF cycles may take.
+AO_CACHE_FRACTION = 0.5
+
+
+def screened_blocks(ni, mol, coords: np.ndarray, mask: np.ndarray, deriv: int, cutoff: float,
+                    start: int = 0):
     """Blocks of :data:`BLOCK_POINTS` points with the AO columns ``mask`` keeps for them.
 
     ``mask``: PySCF's screening table for ``coords`` (one row per 56 points,
     one column per shell). Yields ``(p0, p1, ao, significant)``: the block's
     point range, its AO values and derivatives restricted to the significant
     functions ((comp, g, n) or (g, n) for ``deriv=0``, a C-ordered copy), and
-    their AO indices.
+    their AO indices. ``start``: the first point (a multiple of :data:`BLOCK_POINTS`, or the end).
     """
+    if start % BLOCK_POINTS and start < len(coords):
+        raise ValueError(f"start={start} is not a multiple of BLOCK_POINTS={BLOCK_POINTS}")
     shell_of_ao = np.repeat(np.arange(mol.nbas), np.diff(mol.ao_loc_nr()))
-    for p0 in range(0, len(coords), BLOCK_POINTS):
+    for p0 in range(start, len(coords), BLOCK_POINTS):
         p1 = min(p0 + BLOCK_POINTS, len(coords))
         block_mask = mask[p0 // gen_grid.BLKSIZE:(p1 + gen_grid.BLKSIZE - 1) // gen_grid.BLKSIZE]
         significant = np.flatnonzero(block_mask.any(axis=0)[shell_of_ao])
@@ -98,24 +115,88 @@ def weighted_ao(ao: np.ndarray, wv: np.ndarray, xctype: str) -> np.ndarray:
     return weighted
 
 
+def _molecule_key(mol, cutoff: float, deriv: int) -> tuple:
+    """What, besides the grid, the AO values depend on: geometry, basis, cut-off, derivative order."""
+    return (mol._atm.tobytes(), mol._bas.tobytes(), mol._env.tobytes(), mol.cart, float(cutoff), deriv)
+
+
+class _KeptBlocks:
+    """The leading blocks of one grid's :func:`screened_blocks`, kept while they fit ``budget_bytes``.
+
+    The grid's coordinate array and screening table are held, not copied: a
+    rebuilt grid has new arrays, so ``is`` tells a kept grid from a new one
+    (and holding them means their ids cannot be reused).
+    """
+
+    def __init__(self, mol, grids, deriv: int, budget_bytes: float):
+        self.coords, self.mask = grids.coords, grids.non0tab
+        self.key = _molecule_key(mol, grids.cutoff, deriv)
+        self.budget_bytes = budget_bytes
+        self.blocks: list[tuple] = []
+        self.nbytes = 0
+        self.resume = 0  # first point past the kept blocks
+
+    def matches(self, mol, grids, deriv: int) -> bool:
+        return (self.coords is grids.coords and self.mask is grids.non0tab
+                and self.key == _molecule_key(mol, grids.cutoff, deriv))
+
+
 class ScreenedNumInt(numint.NumInt):
-    """NumInt whose restricted LDA/GGA ``nr_rks`` works block by block on the significant functions only."""
+    """NumInt whose restricted LDA/GGA ``nr_rks`` works block by block on the significant functions only,
+    with the AO values kept between calls on the same grid (see the module docs)."""
+
+    _kept: _KeptBlocks | None = None
 
     def nr_rks(self, mol, grids, xc_code, dms, relativity=0, hermi=1, max_memory=2000, verbose=None):
         xctype = self._xc_type(xc_code)
         if (xctype not in ("LDA", "GGA") or hermi != 1 or np.ndim(dms) != 2
                 or getattr(grids, "non0tab", None) is None or grids.coords is None):
             return super().nr_rks(mol, grids, xc_code, dms, relativity, hermi, max_memory, verbose)
-        return _screened_rks(self, mol, grids, xc_code, xctype, dms)
+        return _screened_rks(self, mol, grids, xc_code, xctype, dms, max_memory)
+
+    def grid_blocks(self, mol, grids, deriv: int, max_memory: float):
+        """:func:`screened_blocks` of ``grids``, the kept ones from memory.
+
+        A grid seen for the first time is kept block by block while the blocks fit
+        :data:`AO_CACHE_FRACTION` of ``max_memory`` (MB); the values of another grid,
+        molecule or derivative order are dropped first. The kept arrays are read-only.
+        """
+        kept = self._kept
+        filling = kept is None or not kept.matches(mol, grids, deriv)
+        if filling:
+            self._kept = None  # free the old grid's values before evaluating the new one's
+            kept = self._kept = _KeptBlocks(mol, grids, deriv, AO_CACHE_FRACTION * max(max_memory, 0.0) * 1e6)
+        yield from kept.blocks
+        for block in screened_blocks(self, mol, grids.coords, grids.non0tab, deriv, grids.cutoff,
+                                     start=kept.resume):
+            ao = block[2]
+            if filling and kept.nbytes + ao.nbytes <= kept.budget_bytes:
+                ao.flags.writeable = False
+                kept.blocks.append(block)
+                kept.nbytes += ao.nbytes
+                kept.resume = block[1]
+            else:
+                filling = False  # the kept blocks must stay contiguous from point 0
+            yield block
+
+    def release_ao_cache(self) -> None:
+        """Drop the kept AO values (an SCF stage is done; the gradient needs other ones)."""
+        self._kept = None
 
 
-def _screened_rks(ni, mol, grids, xc_code, xctype, dm):
+def release_ao_cache(mf) -> None:
+    """Free the AO values ``mf``'s :class:`ScreenedNumInt` kept, if it has one."""
+    release = getattr(getattr(mf, "_numint", None), "release_ao_cache", None)
+    if release is not None:
+        release()
+
+
+def _screened_rks(ni, mol, grids, xc_code, xctype, dm, max_memory: float = 0.0):
     """(electrons, XC energy in Ha, XC potential matrix (nao, nao)) like PySCF's ``nr_rks``."""
     orbitals, occupations = density_factors(dm)
     nelec = excsum = 0.0
     vmat = np.zeros((mol.nao, mol.nao))
-    for p0, p1, ao, significant in screened_blocks(ni, mol, grids.coords, grids.non0tab,
-                                                   0 if xctype == "LDA" else 1, grids.cutoff):
+    for p0, p1, ao, significant in ni.grid_blocks(mol, grids, 0 if xctype == "LDA" else 1, max_memory):
         weight = grids.weights[p0:p1]
         rho, _ = block_density(ao, xctype, orbitals[significant], occupations)
         exc, vxc = ni.eval_xc_eff(xc_code, rho, deriv=1, xctype=xctype, spin=0)[:2]
