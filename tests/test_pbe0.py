@@ -248,12 +248,13 @@ def test_the_hueckel_start_reaches_the_same_ground_state() -> None:
 def test_each_stage_takes_over_the_last_coulomb_and_exchange_build(monkeypatch) -> None:
     # A stage starts from the density whose J and K the stage before built last: grid 3
     # runs three stages (levels 0, 1, 3), so two of the J/K requests are answered from memory.
-    from pyscf.df import df_jk
     from pyscf.dft import rks
 
-    builds, requests = [], []
-    build, veff = df_jk.get_jk, rks.RKS.get_veff
-    monkeypatch.setattr(df_jk, "get_jk", lambda *a, **k: builds.append(1) or build(*a, **k))
+    from qcell_nb.calculators import df_jk
+
+    builds, requests = [], []  # every build goes through symmetric_df_jk (which may hand it to PySCF)
+    build, veff = df_jk.symmetric_df_jk, rks.RKS.get_veff
+    monkeypatch.setattr(df_jk, "symmetric_df_jk", lambda *a, **k: builds.append(1) or build(*a, **k))
     monkeypatch.setattr(rks.RKS, "get_veff", lambda mf, *a, **k: (
         requests.append(1) if getattr(mf, "with_df", None) else None) or veff(mf, *a, **k))  # not the free atoms
     remembered = label_structure(water(), basis="sto-3g", mbd=None, grid_level=3)

@@ -39,6 +39,7 @@ import numpy as np
 from ase import Atoms
 from pyscf import dft, gto
 
+from qcell_nb.calculators.df_jk import install_symmetric_k
 from qcell_nb.calculators.grid_boxes import fast_box_order
 from qcell_nb.calculators.memory import memory_budget_mb
 from qcell_nb.calculators.screened_numint import ScreenedNumInt, release_ao_cache
@@ -202,6 +203,7 @@ def _make_scf(mol: gto.Mole, params: dict[str, Any], with_df=None):
     if with_df is not None:
         mf.with_df = with_df
     if params.get("_device") != "gpu":
+        install_symmetric_k(mf.with_df)  # half the flops of PySCF's K product (see df_jk)
         remember_last_jk(mf.with_df)
     return mf
 
