@@ -32,7 +32,9 @@ def test_the_chain_really_screens(chain) -> None:
 
 @pytest.mark.parametrize("xc", ["pbe0", "pbe", "lda,vwn"])
 @pytest.mark.parametrize("tagged", [True, False])
-def test_energy_and_potential_equal_pyscf(chain, xc: str, tagged: bool) -> None:
+@pytest.mark.parametrize("through_dm", [True, False])
+def test_energy_and_potential_equal_pyscf(chain, xc: str, tagged: bool, through_dm: bool, monkeypatch) -> None:
+    monkeypatch.setattr(screened_numint, "dm_route_is_cheaper", lambda *a: through_dm)
     dm = chain.make_rdm1()
     if not tagged:  # an initial guess carries no orbitals: factors from the eigenvectors
         dm = np.array(dm)

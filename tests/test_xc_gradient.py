@@ -38,7 +38,10 @@ def gradient(mf, ours: bool) -> np.ndarray:
 
 @pytest.mark.parametrize("atom, spin", [(WATER, 0), (OH, 1)])
 @pytest.mark.parametrize("xc", ["pbe0", "lda,vwn", "pbe"])
-def test_gradient_equals_pyscf(atom: str, spin: int, xc: str) -> None:
+@pytest.mark.parametrize("through_dm", [True, False])
+def test_gradient_equals_pyscf(atom: str, spin: int, xc: str, through_dm: bool, monkeypatch) -> None:
+    # Each block's density and D products through D or through the orbitals: both must agree.
+    monkeypatch.setattr(xc_gradient, "dm_route_is_cheaper", lambda *a: through_dm)
     mf = converged(atom, spin, xc)
     reference = gradient(mf, ours=False)
     np.testing.assert_allclose(gradient(mf, ours=True), reference, rtol=0, atol=1e-10)

@@ -105,6 +105,29 @@ def block_density(ao: np.ndarray, xctype: str, orbitals: np.ndarray,
     return rho, c0
 
 
+def block_density_from_dm(ao: np.ndarray, xctype: str, dm_block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Density of a block (as :func:`block_density`) and phi D (g, n), from the block's rows and
+    columns of the (symmetric) density matrix: one (g, n) x (n, n) product instead of one or four
+    (g, n) x (n, k) ones, the cheaper way where the block sees fewer than k (LDA) or ~4k (GGA)
+    functions (see :func:`dm_route_is_cheaper`)."""
+    values = ao if ao.ndim == 2 else ao[0]
+    values_dm = values @ dm_block
+    if xctype == "LDA":
+        return np.einsum("gi,gi->g", values_dm, values), values_dm
+    rho = np.empty((4, len(values)))
+    rho[0] = np.einsum("gi,gi->g", values_dm, values)
+    rho[1:] = np.einsum("gi,kgi->kg", values_dm, ao[1:4])
+    rho[1:] *= 2
+    return rho, values_dm
+
+
+def dm_route_is_cheaper(n_functions: int, n_orbitals: int, xctype: str) -> bool:
+    """Whether a block's density costs fewer flops from D (g n^2) than from the orbitals
+    (g n k for LDA, 4 g n k for GGA). The orbitals are the delocalised occupied ones, so k grows
+    with the molecule while n, the functions one block sees, levels off (def2-SVP: ~200-300)."""
+    return n_functions < (4 if xctype == "GGA" else 1) * n_orbitals
+
+
 def weighted_ao(ao: np.ndarray, wv: np.ndarray, xctype: str) -> np.ndarray:
     """sum_k ao[k] wv[k] (g, n): the AO values times the weighted potential (LDA: k = 0 only)."""
     if xctype == "LDA":
@@ -193,11 +216,15 @@ def release_ao_cache(mf) -> None:
 def _screened_rks(ni, mol, grids, xc_code, xctype, dm, max_memory: float = 0.0):
     """(electrons, XC energy in Ha, XC potential matrix (nao, nao)) like PySCF's ``nr_rks``."""
     orbitals, occupations = density_factors(dm)
+    dm = np.asarray(dm)
     nelec = excsum = 0.0
     vmat = np.zeros((mol.nao, mol.nao))
     for p0, p1, ao, significant in ni.grid_blocks(mol, grids, 0 if xctype == "LDA" else 1, max_memory):
         weight = grids.weights[p0:p1]
-        rho, _ = block_density(ao, xctype, orbitals[significant], occupations)
+        if dm_route_is_cheaper(len(significant), len(occupations), xctype):
+            rho, _ = block_density_from_dm(ao, xctype, dm[np.ix_(significant, significant)])
+        else:
+            rho, _ = block_density(ao, xctype, orbitals[significant], occupations)
         exc, vxc = ni.eval_xc_eff(xc_code, rho, deriv=1, xctype=xctype, spin=0)[:2]
         weighted_density = (rho if xctype == "LDA" else rho[0]) * weight
         nelec += weighted_density.sum()

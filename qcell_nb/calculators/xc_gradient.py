@@ -30,7 +30,8 @@ from pyscf.grad import rks as rks_grad
 from pyscf.grad import uks as uks_grad
 
 from qcell_nb.calculators.grid_boxes import box_order
-from qcell_nb.calculators.screened_numint import block_density, density_factors, screened_blocks, weighted_ao
+from qcell_nb.calculators.screened_numint import (block_density, block_density_from_dm, density_factors,
+                                                  dm_route_is_cheaper, screened_blocks, weighted_ao)
 
 #: PySCF's own functions (the fallback), captured before anything swaps them.
 PYSCF_RKS_FULL_RESPONSE = rks_grad.get_vxc_full_response
@@ -49,19 +50,17 @@ def _sorted_atom_grids(grids):
         yield atom, coords, weight[order], weight1[:, :, order], gen_grid.make_mask(mol, coords)
 
 
-def _block_rows(ao: np.ndarray, wv: np.ndarray, xctype: str, orbitals: np.ndarray,
-                weighted_orbitals: np.ndarray, c0: np.ndarray) -> np.ndarray:
+def _block_rows(ao: np.ndarray, wv: np.ndarray, xctype: str, times_dm, values_dm: np.ndarray) -> np.ndarray:
     """r_x(mu) = sum_nu V_x(mu, nu) D(nu, mu), shape (3, n), for one block's functions.
 
     ``ao``: the block's AO values and derivatives (deriv 1 for LDA, 2 for GGA);
     ``wv``: weighted XC potential (LDA (1, g), GGA (4, g) with the density
-    component halved, as PySCF forms it); ``orbitals``, ``weighted_orbitals``:
-    the block's rows of X and X diag(s); ``c0``: phi X.
+    component halved, as PySCF forms it); ``times_dm``: M -> M D for the
+    block's functions; ``values_dm``: phi D (GGA only).
     """
-    weighted_dm = (weighted_ao(ao, wv, xctype) @ orbitals) @ weighted_orbitals.T  # sum_nu w_nu(g) D(nu, mu)
+    weighted_dm = times_dm(weighted_ao(ao, wv, xctype))  # sum_nu w_nu(g) D(nu, mu)
     rows = np.stack([np.einsum("gm,gm->m", ao[1 + a], weighted_dm) for a in range(3)])
     if xctype == "GGA":
-        values_dm = c0 @ weighted_orbitals.T  # sum_nu phi_nu(g) D(nu, mu)
         # d/dx_a of (phi wv0 + grad phi . wv[1:4]) (PySCF's _make_dR_dao_w) contracted with
         # values_dm: sum_g of wv_b(g) d_c phi(g) values_dm(g) for every derivative c, as one
         # batched product (half the time of forming the three d/dx_a terms at ~100 functions).
@@ -69,6 +68,20 @@ def _block_rows(ao: np.ndarray, wv: np.ndarray, xctype: str, orbitals: np.ndarra
         for a in range(3):
             rows[a] += weighted[a, 0] + sum(weighted[_SECOND[a][b] - 1, 1 + b] for b in range(3))
     return rows
+
+
+def _block_density(ao: np.ndarray, xctype: str, dm: np.ndarray, orbitals: np.ndarray,
+                   occupations: np.ndarray, significant: np.ndarray):
+    """(rho, phi D, M -> M D) of a block, through D or through the orbitals, whichever is cheaper."""
+    if dm_route_is_cheaper(len(significant), len(occupations), xctype):
+        dm_block = dm[np.ix_(significant, significant)]
+        rho, values_dm = block_density_from_dm(ao, xctype, dm_block)
+        return rho, values_dm, lambda m: m @ dm_block
+    x = orbitals[significant]
+    weighted_x = x * occupations
+    rho, c0 = block_density(ao, xctype, x, occupations)
+    times_dm = lambda m: (m @ x) @ weighted_x.T  # noqa: E731
+    return rho, (c0 @ weighted_x.T if xctype == "GGA" else None), times_dm
 
 
 def _fold_rows(excsum: np.ndarray, mol, rows: np.ndarray) -> np.ndarray:
@@ -84,18 +97,18 @@ def rks_vxc_full_response(ni, mol, grids, xc_code, dms, relativity=0, hermi=1, m
     if xctype not in ("LDA", "GGA") or hermi != 1 or np.ndim(dms) != 2:
         return PYSCF_RKS_FULL_RESPONSE(ni, mol, grids, xc_code, dms, relativity, hermi, max_memory, verbose)
     orbitals, occupations = density_factors(dms)
+    dm = np.asarray(dms)
     excsum = np.zeros((mol.natm, 3))
     rows = np.zeros((3, mol.nao))
     deriv = 1 if xctype == "LDA" else 2
     for atom, coords, weight, weight1, mask in _sorted_atom_grids(grids):
         for p0, p1, ao, significant in screened_blocks(ni, mol, coords, mask, deriv, grids.cutoff):
-            x = orbitals[significant]
-            rho, c0 = block_density(ao, xctype, x, occupations)
+            rho, values_dm, times_dm = _block_density(ao, xctype, dm, orbitals, occupations, significant)
             exc, vxc = ni.eval_xc_eff(xc_code, rho, 1, xctype=xctype)[:2]
             wv = weight[p0:p1] * vxc
             if xctype == "GGA":
                 wv[0] *= 0.5
-            block_rows = _block_rows(ao, wv, xctype, x, x * occupations, c0)
+            block_rows = _block_rows(ao, wv, xctype, times_dm, values_dm)
             rows[:, significant] += block_rows
             # weight response, then the grid points moving with their atom
             density = rho if xctype == "LDA" else rho[0]
@@ -116,18 +129,19 @@ def uks_vxc_full_response(ni, mol, grids, xc_code, dms, relativity=0, hermi=1, m
     excsum = np.zeros((mol.natm, 3))
     rows = np.zeros((3, mol.nao))
     deriv = 1 if xctype == "LDA" else 2
+    spin_dms = [np.asarray(dms[spin]) for spin in range(2)]
     for atom, coords, weight, weight1, mask in _sorted_atom_grids(grids):
         for p0, p1, ao, significant in screened_blocks(ni, mol, coords, mask, deriv, grids.cutoff):
-            spins = [(x[significant], s) for x, s in factors]
-            (rho_a, c0_a), (rho_b, c0_b) = (block_density(ao, xctype, x, s) for x, s in spins)
+            spins = [_block_density(ao, xctype, d, x, s, significant) for d, (x, s) in zip(spin_dms, factors)]
+            rho_a, rho_b = spins[0][0], spins[1][0]
             exc, vxc = ni.eval_xc_eff(xc_code, (rho_a, rho_b), 1, xctype=xctype)[:2]
             wv = weight[p0:p1] * vxc
             if xctype == "GGA":
                 wv[:, 0] *= 0.5
             density = rho_a + rho_b if xctype == "LDA" else rho_a[0] + rho_b[0]
             excsum += np.einsum("r,r,nxr->nx", exc, density, weight1[:, :, p0:p1])
-            for spin, ((x, s), c0) in enumerate(zip(spins, (c0_a, c0_b))):
-                block_rows = _block_rows(ao, wv[spin], xctype, x, x * s, c0)
+            for spin, (_, values_dm, times_dm) in enumerate(spins):
+                block_rows = _block_rows(ao, wv[spin], xctype, times_dm, values_dm)
                 rows[:, significant] += block_rows
                 excsum[atom] += 2 * block_rows.sum(axis=1)
     return _fold_rows(excsum, mol, rows), np.zeros((2, 3, mol.nao, mol.nao))
