@@ -136,4 +136,5 @@ def test_little_memory_shrinks_the_aux_blocks_not_the_result(monkeypatch) -> Non
         vj, vk = df_rhf_grad.get_jk(grad, mf.mol, dm)
     assert blocks == [df_gradient.AUX_BLOCK_FUNCTIONS, 1]
     for ours, reference in [(vj, vj_ref), (vk, vk_ref), (vj.aux, vj_ref.aux), (vk.aux, vk_ref.aux)]:
-        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-12 * np.abs(reference).max())
+        # 1e-10 relative, as above: the summation order follows the block sizes (2e-12 seen in CI)
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-10 * np.abs(reference).max())
