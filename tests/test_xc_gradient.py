@@ -8,7 +8,7 @@ from pyscf import dft, gto
 from pyscf.grad import rks as rks_grad
 from pyscf.grad import uks as uks_grad
 
-from qcell_nb.calculators import xc_gradient
+from qcell_nb.calculators import screened_numint, xc_gradient
 from qcell_nb.calculators.screened_numint import density_factors, screened_blocks
 
 WATER = "O 0 0 0.12; H 0.05 0.76 -0.47; H 0 -0.76 -0.49"
@@ -41,7 +41,7 @@ def gradient(mf, ours: bool) -> np.ndarray:
 @pytest.mark.parametrize("through_dm", [True, False])
 def test_gradient_equals_pyscf(atom: str, spin: int, xc: str, through_dm: bool, monkeypatch) -> None:
     # Each block's density and D products through D or through the orbitals: both must agree.
-    monkeypatch.setattr(xc_gradient, "dm_route_is_cheaper", lambda *a: through_dm)
+    monkeypatch.setattr(screened_numint, "dm_route_is_cheaper", lambda *a: through_dm)
     mf = converged(atom, spin, xc)
     reference = gradient(mf, ours=False)
     np.testing.assert_allclose(gradient(mf, ours=True), reference, rtol=0, atol=1e-10)

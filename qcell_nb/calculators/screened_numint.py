@@ -128,6 +128,28 @@ def dm_route_is_cheaper(n_functions: int, n_orbitals: int, xctype: str) -> bool:
     return n_functions < (4 if xctype == "GGA" else 1) * n_orbitals
 
 
+def density_on_block(ao: np.ndarray, xctype: str, dm: np.ndarray, orbitals: np.ndarray,
+                     occupations: np.ndarray, significant: np.ndarray, with_products: bool = False):
+    """A block's density, through D or through the orbitals, whichever costs fewer flops.
+
+    ``dm`` (nao, nao) and its factors ``orbitals`` (nao, k), ``occupations`` (k,) (see
+    :func:`density_factors`); ``significant``: the block's functions (n,). Returns rho (as
+    :func:`block_density`); with ``with_products`` (the gradient's need, not the SCF's) also
+    phi D (g, n) (GGA only, else None) and a function M (g, n) -> M D (g, n).
+    """
+    if dm_route_is_cheaper(len(significant), len(occupations), xctype):
+        dm_block = dm[np.ix_(significant, significant)]
+        rho, values_dm = block_density_from_dm(ao, xctype, dm_block)
+        return (rho, values_dm, lambda m: m @ dm_block) if with_products else rho
+    x = orbitals[significant]
+    rho, c0 = block_density(ao, xctype, x, occupations)
+    if not with_products:
+        return rho
+    weighted_x = x * occupations
+    times_dm = lambda m: (m @ x) @ weighted_x.T  # noqa: E731
+    return rho, (c0 @ weighted_x.T if xctype == "GGA" else None), times_dm
+
+
 def weighted_ao(ao: np.ndarray, wv: np.ndarray, xctype: str) -> np.ndarray:
     """sum_k ao[k] wv[k] (g, n): the AO values times the weighted potential (LDA: k = 0 only)."""
     if xctype == "LDA":
@@ -221,10 +243,7 @@ def _screened_rks(ni, mol, grids, xc_code, xctype, dm, max_memory: float = 0.0):
     vmat = np.zeros((mol.nao, mol.nao))
     for p0, p1, ao, significant in ni.grid_blocks(mol, grids, 0 if xctype == "LDA" else 1, max_memory):
         weight = grids.weights[p0:p1]
-        if dm_route_is_cheaper(len(significant), len(occupations), xctype):
-            rho, _ = block_density_from_dm(ao, xctype, dm[np.ix_(significant, significant)])
-        else:
-            rho, _ = block_density(ao, xctype, orbitals[significant], occupations)
+        rho = density_on_block(ao, xctype, dm, orbitals, occupations, significant)
         exc, vxc = ni.eval_xc_eff(xc_code, rho, deriv=1, xctype=xctype, spin=0)[:2]
         weighted_density = (rho if xctype == "LDA" else rho[0]) * weight
         nelec += weighted_density.sum()

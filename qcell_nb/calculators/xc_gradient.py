@@ -30,8 +30,8 @@ from pyscf.grad import rks as rks_grad
 from pyscf.grad import uks as uks_grad
 
 from qcell_nb.calculators.grid_boxes import box_order
-from qcell_nb.calculators.screened_numint import (block_density, block_density_from_dm, density_factors,
-                                                  dm_route_is_cheaper, screened_blocks, weighted_ao)
+from qcell_nb.calculators.screened_numint import (density_factors, density_on_block, screened_blocks,
+                                                  weighted_ao)
 
 #: PySCF's own functions (the fallback), captured before anything swaps them.
 PYSCF_RKS_FULL_RESPONSE = rks_grad.get_vxc_full_response
@@ -70,20 +70,6 @@ def _block_rows(ao: np.ndarray, wv: np.ndarray, xctype: str, times_dm, values_dm
     return rows
 
 
-def _block_density(ao: np.ndarray, xctype: str, dm: np.ndarray, orbitals: np.ndarray,
-                   occupations: np.ndarray, significant: np.ndarray):
-    """(rho, phi D, M -> M D) of a block, through D or through the orbitals, whichever is cheaper."""
-    if dm_route_is_cheaper(len(significant), len(occupations), xctype):
-        dm_block = dm[np.ix_(significant, significant)]
-        rho, values_dm = block_density_from_dm(ao, xctype, dm_block)
-        return rho, values_dm, lambda m: m @ dm_block
-    x = orbitals[significant]
-    weighted_x = x * occupations
-    rho, c0 = block_density(ao, xctype, x, occupations)
-    times_dm = lambda m: (m @ x) @ weighted_x.T  # noqa: E731
-    return rho, (c0 @ weighted_x.T if xctype == "GGA" else None), times_dm
-
-
 def _fold_rows(excsum: np.ndarray, mol, rows: np.ndarray) -> np.ndarray:
     """Add what PySCF's gradient would get from the XC matrix: -2 sum over each atom's AO rows."""
     for atom, (_, _, p0, p1) in enumerate(mol.aoslice_by_atom()):
@@ -103,7 +89,8 @@ def rks_vxc_full_response(ni, mol, grids, xc_code, dms, relativity=0, hermi=1, m
     deriv = 1 if xctype == "LDA" else 2
     for atom, coords, weight, weight1, mask in _sorted_atom_grids(grids):
         for p0, p1, ao, significant in screened_blocks(ni, mol, coords, mask, deriv, grids.cutoff):
-            rho, values_dm, times_dm = _block_density(ao, xctype, dm, orbitals, occupations, significant)
+            rho, values_dm, times_dm = density_on_block(ao, xctype, dm, orbitals, occupations, significant,
+                                                        with_products=True)
             exc, vxc = ni.eval_xc_eff(xc_code, rho, 1, xctype=xctype)[:2]
             wv = weight[p0:p1] * vxc
             if xctype == "GGA":
@@ -132,7 +119,8 @@ def uks_vxc_full_response(ni, mol, grids, xc_code, dms, relativity=0, hermi=1, m
     spin_dms = [np.asarray(dms[spin]) for spin in range(2)]
     for atom, coords, weight, weight1, mask in _sorted_atom_grids(grids):
         for p0, p1, ao, significant in screened_blocks(ni, mol, coords, mask, deriv, grids.cutoff):
-            spins = [_block_density(ao, xctype, d, x, s, significant) for d, (x, s) in zip(spin_dms, factors)]
+            spins = [density_on_block(ao, xctype, d, x, s, significant, with_products=True)
+                     for d, (x, s) in zip(spin_dms, factors)]
             rho_a, rho_b = spins[0][0], spins[1][0]
             exc, vxc = ni.eval_xc_eff(xc_code, (rho_a, rho_b), 1, xctype=xctype)[:2]
             wv = weight[p0:p1] * vxc
