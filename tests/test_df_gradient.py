@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pyscf import dft, gto
 from pyscf.df.grad import rhf as df_rhf_grad
 
 from qcell_nb.calculators import df_gradient
@@ -12,18 +11,6 @@ from qcell_nb.calculators.df_gradient import fast_df_gradient
 
 WATER = "O 0 0 0.12; H 0.05 0.76 -0.47; H 0 -0.76 -0.49"
 OH = "O 0 0 0; H 0.1 0 0.97"
-
-
-def converged(atom: str, spin: int, max_memory: int | None = None):
-    mol = gto.M(atom=atom, basis="def2-svp", spin=spin, verbose=0)
-    if max_memory is not None:
-        mol.max_memory = max_memory
-    mf = (dft.RKS(mol) if spin == 0 else dft.UKS(mol)).density_fit(auxbasis="def2-universal-jkfit")
-    mf.xc, mf.grids.level, mf.conv_tol = "pbe0", 2, 1e-11
-    if max_memory is not None:
-        mf.max_memory = mf.with_df.max_memory = max_memory
-    mf.kernel()
-    return mf
 
 
 def gradient(mf, ours: bool) -> np.ndarray:
@@ -36,8 +23,8 @@ def gradient(mf, ours: bool) -> np.ndarray:
 
 
 @pytest.mark.parametrize("atom, spin", [(WATER, 0), (OH, 1)])
-def test_gradient_equals_pyscf(atom: str, spin: int, monkeypatch) -> None:
-    mf = converged(atom, spin)
+def test_gradient_equals_pyscf(df_pbe0_scf, atom: str, spin: int, monkeypatch) -> None:
+    mf = df_pbe0_scf(atom, spin, conv_tol=1e-11)
     used = []
     solve = df_gradient.cderi_rhojk
     monkeypatch.setattr(df_gradient, "cderi_rhojk", lambda *a, **k: used.append(1) or solve(*a, **k))
@@ -50,8 +37,8 @@ def test_gradient_equals_pyscf(atom: str, spin: int, monkeypatch) -> None:
     assert np.abs(reference).max() > 1e-3
 
 
-def test_rhoj_and_rhok_equal_pyscf_and_fall_back_without_memory(monkeypatch) -> None:
-    mf = converged(WATER, 0)
+def test_rhoj_and_rhok_equal_pyscf_and_fall_back_without_memory(df_pbe0_scf, monkeypatch) -> None:
+    mf = df_pbe0_scf(WATER, 0, conv_tol=1e-11)
     grad = mf.nuc_grad_method()
     auxmol = mf.with_df.auxmol
     orbol, orbor = df_rhf_grad._decompose_rdm1(grad, mf.mol, mf.make_rdm1())
@@ -68,10 +55,10 @@ def test_rhoj_and_rhok_equal_pyscf_and_fall_back_without_memory(monkeypatch) -> 
     assert df_gradient.cderi_rhojk(grad, mf.mol, auxmol, orbol, orbor)[0] is rhoj_ref and called
 
 
-def test_out_of_core_tensors_are_read_from_pyscfs_file(monkeypatch) -> None:
+def test_out_of_core_tensors_are_read_from_pyscfs_file(df_pbe0_scf, monkeypatch) -> None:
     # A memory limit below the tensors' size makes PySCF keep them on disk (an HDF5 file name);
     # rhoj/rhok are then read from that file in blocks, not recomputed by PySCF's solver.
-    mf = converged(WATER, 0, max_memory=1)
+    mf = df_pbe0_scf(WATER, 0, max_memory=1, conv_tol=1e-11)
     assert not isinstance(mf.with_df._cderi, np.ndarray)
     reference = gradient(mf, ours=False)
     monkeypatch.setattr(df_gradient, "PYSCF_CHO_SOLVE_RHOJK", lambda *a: pytest.fail("recomputed the tensors"))
@@ -82,11 +69,11 @@ def test_out_of_core_tensors_are_read_from_pyscfs_file(monkeypatch) -> None:
     ("O 0 0 0.12; H 0.05 0.76 -0.47; C 0.1 -0.8 -0.9; H 1.0 -1.1 -1.4; H -0.8 -1.2 -1.3; H 0.2 -0.3 -1.8", 0),
     ("O 0 0 0; H 0.1 0 0.97; C 0.3 1.2 -0.4; H 1.1 1.5 -0.9; H -0.5 1.6 -0.8", 1),
 ])
-def test_jk_gradient_without_ip2_equals_pyscf(atom: str, spin: int, monkeypatch) -> None:
+def test_jk_gradient_without_ip2_equals_pyscf(df_pbe0_scf, atom: str, spin: int, monkeypatch) -> None:
     # (mn|dP) = -[(dm n|P) + (m dn|P)]: the aux-basis terms from the ip1 integrals, for J and K
     # apart (cross-spin blocks included), on molecules without symmetry (so that no component
     # is zero by accident).
-    mf = converged(atom, spin)
+    mf = df_pbe0_scf(atom, spin, conv_tol=1e-11)
     grad = mf.nuc_grad_method()
     dm = mf.make_rdm1()
     with fast_df_gradient():  # the same rhoj/rhok on both sides: only the ip2 terms differ
@@ -106,10 +93,10 @@ def test_jk_gradient_without_ip2_equals_pyscf(atom: str, spin: int, monkeypatch)
     assert np.abs(vk_ref.aux).max() > 1e-5
 
 
-def test_untagged_densities_and_j_only_take_pyscfs_jk_gradient(monkeypatch) -> None:
+def test_untagged_densities_and_j_only_take_pyscfs_jk_gradient(df_pbe0_scf, monkeypatch) -> None:
     called = []
     monkeypatch.setattr(df_gradient, "PYSCF_GET_JK", lambda *a: called.append(1) or ("j", "k"))
-    mf = converged(WATER, 0)
+    mf = df_pbe0_scf(WATER, 0, conv_tol=1e-11)
     grad = mf.nuc_grad_method()
     assert df_gradient.get_jk(grad, mf.mol, np.asarray(mf.make_rdm1())) == ("j", "k")  # no orbitals
     assert df_gradient.get_jk(grad, mf.mol, mf.make_rdm1(), with_k=False) == ("j", "k")
@@ -117,12 +104,12 @@ def test_untagged_densities_and_j_only_take_pyscfs_jk_gradient(monkeypatch) -> N
     assert df_gradient.get_jk(grad, mf.mol, mf.make_rdm1())[1].aux.shape == (1, 1, 3, 3)
 
 
-def test_little_memory_shrinks_the_aux_blocks_not_the_result(monkeypatch) -> None:
+def test_little_memory_shrinks_the_aux_blocks_not_the_result(df_pbe0_scf, monkeypatch) -> None:
     # With almost no memory left the (d m, n|P) blocks shrink to one auxiliary shell each; the
     # gradient is the same, since each auxiliary function enters independently.
     from pyscf import lib
 
-    mf = converged(WATER, 0)
+    mf = df_pbe0_scf(WATER, 0, conv_tol=1e-11)
     grad = mf.nuc_grad_method()
     grad.verbose = 0
     dm = mf.make_rdm1()
