@@ -42,6 +42,7 @@ from pyscf import dft, gto
 from pyscf.scf import atom_ks
 
 from qcell_nb.calculators.screened_numint import block_density, density_factors, screened_blocks
+from qcell_nb.calculators.threads import single_threaded_blas
 
 #: Radial and angular points of the grid used for free-atom volumes.
 FREE_ATOM_GRID = (150, 974)
@@ -223,16 +224,18 @@ def _screened_density_blocks(mol, grids, dm, free_dms, ao_slices):
     """
     orbitals, occupations = density_factors(dm)
     ni = dft.numint.NumInt()
-    for p0, p1, ao, significant in screened_blocks(ni, mol, grids.coords, grids.non0tab, 0, grids.cutoff):
-        rho, _ = block_density(ao, "LDA", orbitals[significant], occupations)
-        rho_free = np.zeros((mol.natm, p1 - p0))
-        columns = np.searchsorted(significant, ao_slices)  # each atom's range among the block's columns
-        for ia, ((a0, a1), (c0, c1)) in enumerate(zip(ao_slices, columns)):
-            if c1 > c0:
-                picked = significant[c0:c1] - a0
-                block = ao[:, c0:c1]
-                rho_free[ia] = np.einsum("gi,gi->g", block @ free_dms[ia][np.ix_(picked, picked)], block)
-        yield rho, _hirshfeld_weights(rho_free), grids.weights[p0:p1], grids.coords[p0:p1]
+    # Small products between OpenMP calls (see threads.py); held while the caller sums each block.
+    with single_threaded_blas():
+        for p0, p1, ao, significant in screened_blocks(ni, mol, grids.coords, grids.non0tab, 0, grids.cutoff):
+            rho, _ = block_density(ao, "LDA", orbitals[significant], occupations)
+            rho_free = np.zeros((mol.natm, p1 - p0))
+            columns = np.searchsorted(significant, ao_slices)  # each atom's range among the block's columns
+            for ia, ((a0, a1), (c0, c1)) in enumerate(zip(ao_slices, columns)):
+                if c1 > c0:
+                    picked = significant[c0:c1] - a0
+                    block = ao[:, c0:c1]
+                    rho_free[ia] = np.einsum("gi,gi->g", block @ free_dms[ia][np.ix_(picked, picked)], block)
+            yield rho, _hirshfeld_weights(rho_free), grids.weights[p0:p1], grids.coords[p0:p1]
 
 
 def hirshfeld_analysis(

@@ -79,7 +79,11 @@ never uses the GPU. Hirshfeld analysis, dipole and MBD always run on the CPU.
 ``results["device"]`` says where the SCF ran.
 
 Threads: PySCF's ``lib.num_threads()`` follows ``OMP_NUM_THREADS``; this module
-does not override it (a Dask worker sets it for its own process).
+does not override it (a Dask worker sets it for its own process). BLAS (numpy's
+OpenBLAS) runs on ``blas_threads`` threads during a label, by default one: its
+thread pool and PySCF's OpenMP one otherwise spin against each other, and on 2
+cores a Gly1 label took 35 s wall instead of 4 s, Gly3 41 s instead of 30 s
+(see :mod:`qcell_nb.calculators.threads`; None leaves BLAS as it is).
 
 Memory: PySCF's ``max_memory`` is ``max_memory_mb``, by default 70% of the
 memory this machine (or the Dask worker's limit) has, instead of PySCF's fixed
@@ -111,6 +115,7 @@ from qcell_nb.calculators.scf import (
     select_device,
     to_numpy,
 )
+from qcell_nb.calculators.threads import blas_threads, check_blas_threads
 from qcell_nb.structures import charge_of, multiplicity_of
 
 #: With ``preset="auto"``: fragments with more atoms than this get "intermediate".
@@ -128,7 +133,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Parameters that change how a label is computed (memory, logging, where cached free atoms
 #: live), not its numbers: labels made with different values of these are the same labels.
-RESOURCE_PARAMETERS = frozenset({"max_memory_mb", "verbose", "free_atom_cache"})
+RESOURCE_PARAMETERS = frozenset({"max_memory_mb", "verbose", "free_atom_cache", "blas_threads"})
 
 #: Parameters a preset sets.
 PRESET_KEYS = ("basis", "auxbasis", "grid_level", "conv_tol", "conv_tol_grad")
@@ -169,6 +174,8 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     # PySCF's max_memory (MB); None = 70% of what this machine (or Dask worker) has, so that the
     # density-fitting tensors stay in memory where they fit (qcell_nb.calculators.memory).
     "max_memory_mb": None,
+    # BLAS threads during a label (None = as they are); OpenMP (PySCF's C code) keeps OMP_NUM_THREADS.
+    "blas_threads": 1,
     "verbose": 0,
 }
 
@@ -202,6 +209,7 @@ def resolve_parameters(params: dict[str, Any], n_atoms: int | None = None) -> di
         raise ValueError(f"device {resolved['device']!r} is not 'auto', 'cpu' or 'gpu'")
     if resolved["mbd"] not in ("rsscs", "nl", "ts", None):
         raise ValueError(f"unknown mbd variant {resolved['mbd']!r}; use 'rsscs', 'nl', 'ts' or None")
+    check_blas_threads(resolved["blas_threads"])
     return resolved
 
 
@@ -317,24 +325,24 @@ class PBE0MBD(Calculator):
         start = time.perf_counter()
         atoms = self.atoms
         name = atoms.info.get("name", "structure")
+        with blas_threads(self.resolved_parameters(len(atoms))["blas_threads"]):  # see threads.py
+            if self._mf is None or system_changes:
+                p = self.resolved_parameters(len(atoms))
+                charge = charge_of(atoms) if p["charge"] is None else int(p["charge"])
+                mult = multiplicity_of(atoms) if p["multiplicity"] is None else int(p["multiplicity"])
+                check_structure(atoms, p["basis"], charge, mult)
+                if p["mm_charges"] is not None:
+                    from qcell_nb.calculators.qmmm import check_point_charges
 
-        if self._mf is None or system_changes:
-            p = self.resolved_parameters(len(atoms))
-            charge = charge_of(atoms) if p["charge"] is None else int(p["charge"])
-            mult = multiplicity_of(atoms) if p["multiplicity"] is None else int(p["multiplicity"])
-            check_structure(atoms, p["basis"], charge, mult)
-            if p["mm_charges"] is not None:
-                from qcell_nb.calculators.qmmm import check_point_charges
-
-                check_point_charges(atoms, p["mm_positions"], p["mm_charges"])
-            p["_device"] = select_device(p["device"])
-            self._resolved = p
-            mol = build_mole(atoms, p["basis"], charge, mult, p["verbose"])
-            mf, cycles = run_scf(mol, p, name)
-            self._mf = mf
-            self._compute_energy_properties(mf, cycles)
-        if "forces" in properties and "forces" not in self.results:
-            self._compute_forces()
+                    check_point_charges(atoms, p["mm_positions"], p["mm_charges"])
+                p["_device"] = select_device(p["device"])
+                self._resolved = p
+                mol = build_mole(atoms, p["basis"], charge, mult, p["verbose"])
+                mf, cycles = run_scf(mol, p, name)
+                self._mf = mf
+                self._compute_energy_properties(mf, cycles)
+            if "forces" in properties and "forces" not in self.results:
+                self._compute_forces()
         self.results["wall_time_s"] = self.results.get("wall_time_s", 0.0) + time.perf_counter() - start
 
     def _compute_energy_properties(self, mf, cycles: int) -> None:

@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 from pyscf.dft import gen_grid, numint
 
+from qcell_nb.calculators.threads import single_threaded_blas
+
 #: Grid points per block: a multiple of PySCF's screening sub-block (56 points). Smaller blocks
 #: see fewer functions but cost more Python overhead. Measured per level-3 PBE0 call, one core
 #: (PySCF's nr_rks: Gly1 0.27 s, Gly5 6.5-8.2 s): 224 points 0.23 / 3.2 s, 448 points
@@ -196,7 +198,8 @@ class ScreenedNumInt(numint.NumInt):
         if (xctype not in ("LDA", "GGA") or hermi != 1 or np.ndim(dms) != 2
                 or getattr(grids, "non0tab", None) is None or grids.coords is None):
             return super().nr_rks(mol, grids, xc_code, dms, relativity, hermi, max_memory, verbose)
-        return _screened_rks(self, mol, grids, xc_code, xctype, dms, max_memory)
+        with single_threaded_blas():  # small products between OpenMP calls: see threads.py
+            return _screened_rks(self, mol, grids, xc_code, xctype, dms, max_memory)
 
     def grid_blocks(self, mol, grids, deriv: int, max_memory: float):
         """:func:`screened_blocks` of ``grids``, the kept ones from memory.

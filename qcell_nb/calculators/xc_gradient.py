@@ -32,6 +32,7 @@ from pyscf.grad import uks as uks_grad
 from qcell_nb.calculators.grid_boxes import box_order
 from qcell_nb.calculators.screened_numint import (density_factors, density_on_block, screened_blocks,
                                                   weighted_ao)
+from qcell_nb.calculators.threads import single_threaded_blas
 
 #: PySCF's own functions (the fallback), captured before anything swaps them.
 PYSCF_RKS_FULL_RESPONSE = rks_grad.get_vxc_full_response
@@ -82,6 +83,12 @@ def rks_vxc_full_response(ni, mol, grids, xc_code, dms, relativity=0, hermi=1, m
     xctype = ni._xc_type(xc_code)
     if xctype not in ("LDA", "GGA") or hermi != 1 or np.ndim(dms) != 2:
         return PYSCF_RKS_FULL_RESPONSE(ni, mol, grids, xc_code, dms, relativity, hermi, max_memory, verbose)
+    with single_threaded_blas():  # small products between OpenMP calls: see threads.py
+        return _rks_full_response(ni, mol, grids, xc_code, xctype, dms)
+
+
+def _rks_full_response(ni, mol, grids, xc_code, xctype, dms):
+    """The screened RKS term of :func:`rks_vxc_full_response` for an LDA/GGA ``xctype``."""
     orbitals, occupations = density_factors(dms)
     dm = np.asarray(dms)
     excsum = np.zeros((mol.natm, 3))
@@ -109,6 +116,12 @@ def uks_vxc_full_response(ni, mol, grids, xc_code, dms, relativity=0, hermi=1, m
     xctype = ni._xc_type(xc_code)
     if xctype not in ("LDA", "GGA") or hermi != 1 or np.ndim(dms) != 3:
         return PYSCF_UKS_FULL_RESPONSE(ni, mol, grids, xc_code, dms, relativity, hermi, max_memory, verbose)
+    with single_threaded_blas():  # small products between OpenMP calls: see threads.py
+        return _uks_full_response(ni, mol, grids, xc_code, xctype, dms)
+
+
+def _uks_full_response(ni, mol, grids, xc_code, xctype, dms):
+    """The screened UKS term of :func:`uks_vxc_full_response` for an LDA/GGA ``xctype``."""
     mo_coeff, mo_occ = getattr(dms, "mo_coeff", None), getattr(dms, "mo_occ", None)
     tagged = mo_coeff is not None and mo_occ is not None
     factors = [density_factors(np.asarray(dms[spin]), *((mo_coeff[spin], mo_occ[spin]) if tagged else ()))
