@@ -52,13 +52,20 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     12-07b EPYC Gly14  101    -        7466.5 -         -
     12-07c EPYC Gly1   10     12.2     4.2    2.91x     0.005 / 0.017
     12-07c EPYC Gly3   24     170.1    36.1   4.71x     0.008 / 0.026
+    12-07d EPYC Gly1   10     13.0     4.7    2.77x     0.005 / 0.017
+    12-07d EPYC Gly3   24     182.4    38.8   4.70x     0.008 / 0.026
     ==========  =====  =====  =======  =====  ========  ===============
+
+    The 12-07d rows: after the exchange by dsyrk, the block densities through D and the
+    one-BLAS-thread labels (the last changes nothing on one core). On this VM the same Gly1
+    label took 3.9-5.3 CPU-s within a few minutes, whether or not the default ran before it
+    (tested in one process: alone, after the default, after the default and a gc/malloc_trim);
+    the Gly1 ratio moves between about 2.8x and 3.3x with it.
 
     The 12-07c rows: after the AO values kept between SCF cycles and the einsum XC blocks
     (alone, in one process: Gly1 4.4-4.6 -> 3.8-4.1 CPU-s); Gly1 is the fastest of 3 alternating
-    runs per side (default 12.2-13.0, ours 4.2-4.6). In the bench, ours runs right after the
-    default and is slower than alone (4.2-4.4 against 3.8-4.1 in the same process order tests);
-    neither the page faults nor malloc's mmap threshold explained it.
+    runs per side (default 12.2-13.0, ours 4.2-4.6). Ours looked slower right after the default
+    than alone; the 12-07d tests put that down to the VM's drift (below).
 
     The 12-07b rows: ``--sizes 1 3 7 10 14 --default-max-atoms 30``, after the 24-function
     auxiliary blocks, the memory budget and the on-disk gradient reads; ours grows as N^2.8 from
