@@ -62,6 +62,12 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     (tested in one process: alone, after the default, after the default and a gc/malloc_trim);
     the Gly1 ratio moves between about 2.8x and 3.3x with it.
 
+    On two threads (``OMP_NUM_THREADS=2``, same VM, 12-07d, wall s, fastest of 2 at Gly1):
+    Gly1 default 9.8, ours 3.8 (2.58x); Gly3 144.2 and 32.3 (4.47x). Before the one-BLAS-thread
+    labels, ours took 36.9 s at Gly1 and 122.2 s at Gly3 there (0.27x and 1.37x): numpy's
+    OpenBLAS pool and PySCF's OpenMP one spun against each other (see
+    :mod:`qcell_nb.calculators.threads`). At Gly1 two threads gain little on either side.
+
     The 12-07c rows: after the AO values kept between SCF cycles and the einsum XC blocks
     (alone, in one process: Gly1 4.4-4.6 -> 3.8-4.1 CPU-s); Gly1 is the fastest of 3 alternating
     runs per side (default 12.2-13.0, ours 4.2-4.6). Ours looked slower right after the default
