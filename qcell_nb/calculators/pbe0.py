@@ -325,9 +325,9 @@ class PBE0MBD(Calculator):
         start = time.perf_counter()
         atoms = self.atoms
         name = atoms.info.get("name", "structure")
-        with blas_threads(self.resolved_parameters(len(atoms))["blas_threads"]):  # see threads.py
+        p = self.resolved_parameters(len(atoms))
+        with blas_threads(p["blas_threads"]):  # see threads.py
             if self._mf is None or system_changes:
-                p = self.resolved_parameters(len(atoms))
                 charge = charge_of(atoms) if p["charge"] is None else int(p["charge"])
                 mult = multiplicity_of(atoms) if p["multiplicity"] is None else int(p["multiplicity"])
                 check_structure(atoms, p["basis"], charge, mult)
