@@ -54,10 +54,12 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     12-07c EPYC Gly3   24     170.1    36.1   4.71x     0.008 / 0.026
     12-07d EPYC Gly1   10     13.0     4.7    2.77x     0.005 / 0.017
     12-07d EPYC Gly3   24     182.4    38.8   4.70x     0.008 / 0.026
+    12-07d EPYC Gly5   38     1139.3   162.6  7.00x     0.010 / 0.026
     ==========  =====  =====  =======  =====  ========  ===============
 
     The 12-07d rows: after the exchange by dsyrk, the block densities through D and the
-    one-BLAS-thread labels (the last changes nothing on one core). On this VM the same Gly1
+    one-BLAS-thread labels (the last changes nothing on one core); ours at Gly5 ran while the
+    test suite ran on the other core for its last minutes, so its figure is if anything high. On this VM the same Gly1
     label took 3.9-5.3 CPU-s within a few minutes, whether or not the default ran before it
     (tested in one process: alone, after the default, after the default and a gc/malloc_trim);
     the Gly1 ratio moves between about 2.8x and 3.3x with it.
