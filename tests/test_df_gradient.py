@@ -11,6 +11,8 @@ from qcell_nb.calculators.df_gradient import fast_df_gradient
 
 WATER = "O 0 0 0.12; H 0.05 0.76 -0.47; H 0 -0.76 -0.49"
 OH = "O 0 0 0; H 0.1 0 0.97"
+#: Tight enough that the gradients compare at 1e-10 and below.
+CONVERGED = {"conv_tol": 1e-11}
 
 
 def gradient(mf, ours: bool) -> np.ndarray:
@@ -24,7 +26,7 @@ def gradient(mf, ours: bool) -> np.ndarray:
 
 @pytest.mark.parametrize("atom, spin", [(WATER, 0), (OH, 1)])
 def test_gradient_equals_pyscf(df_pbe0_scf, atom: str, spin: int, monkeypatch) -> None:
-    mf = df_pbe0_scf(atom, spin, conv_tol=1e-11)
+    mf = df_pbe0_scf(atom, spin, **CONVERGED)
     used = []
     solve = df_gradient.cderi_rhojk
     monkeypatch.setattr(df_gradient, "cderi_rhojk", lambda *a, **k: used.append(1) or solve(*a, **k))
@@ -38,7 +40,7 @@ def test_gradient_equals_pyscf(df_pbe0_scf, atom: str, spin: int, monkeypatch) -
 
 
 def test_rhoj_and_rhok_equal_pyscf_and_fall_back_without_memory(df_pbe0_scf, monkeypatch) -> None:
-    mf = df_pbe0_scf(WATER, 0, conv_tol=1e-11)
+    mf = df_pbe0_scf(WATER, 0, **CONVERGED)
     grad = mf.nuc_grad_method()
     auxmol = mf.with_df.auxmol
     orbol, orbor = df_rhf_grad._decompose_rdm1(grad, mf.mol, mf.make_rdm1())
@@ -58,7 +60,7 @@ def test_rhoj_and_rhok_equal_pyscf_and_fall_back_without_memory(df_pbe0_scf, mon
 def test_out_of_core_tensors_are_read_from_pyscfs_file(df_pbe0_scf, monkeypatch) -> None:
     # A memory limit below the tensors' size makes PySCF keep them on disk (an HDF5 file name);
     # rhoj/rhok are then read from that file in blocks, not recomputed by PySCF's solver.
-    mf = df_pbe0_scf(WATER, 0, max_memory=1, conv_tol=1e-11)
+    mf = df_pbe0_scf(WATER, 0, max_memory=1, **CONVERGED)
     assert not isinstance(mf.with_df._cderi, np.ndarray)
     reference = gradient(mf, ours=False)
     monkeypatch.setattr(df_gradient, "PYSCF_CHO_SOLVE_RHOJK", lambda *a: pytest.fail("recomputed the tensors"))
@@ -73,7 +75,7 @@ def test_jk_gradient_without_ip2_equals_pyscf(df_pbe0_scf, atom: str, spin: int,
     # (mn|dP) = -[(dm n|P) + (m dn|P)]: the aux-basis terms from the ip1 integrals, for J and K
     # apart (cross-spin blocks included), on molecules without symmetry (so that no component
     # is zero by accident).
-    mf = df_pbe0_scf(atom, spin, conv_tol=1e-11)
+    mf = df_pbe0_scf(atom, spin, **CONVERGED)
     grad = mf.nuc_grad_method()
     dm = mf.make_rdm1()
     with fast_df_gradient():  # the same rhoj/rhok on both sides: only the ip2 terms differ
@@ -96,7 +98,7 @@ def test_jk_gradient_without_ip2_equals_pyscf(df_pbe0_scf, atom: str, spin: int,
 def test_untagged_densities_and_j_only_take_pyscfs_jk_gradient(df_pbe0_scf, monkeypatch) -> None:
     called = []
     monkeypatch.setattr(df_gradient, "PYSCF_GET_JK", lambda *a: called.append(1) or ("j", "k"))
-    mf = df_pbe0_scf(WATER, 0, conv_tol=1e-11)
+    mf = df_pbe0_scf(WATER, 0, **CONVERGED)
     grad = mf.nuc_grad_method()
     assert df_gradient.get_jk(grad, mf.mol, np.asarray(mf.make_rdm1())) == ("j", "k")  # no orbitals
     assert df_gradient.get_jk(grad, mf.mol, mf.make_rdm1(), with_k=False) == ("j", "k")
@@ -109,7 +111,7 @@ def test_little_memory_shrinks_the_aux_blocks_not_the_result(df_pbe0_scf, monkey
     # gradient is the same, since each auxiliary function enters independently.
     from pyscf import lib
 
-    mf = df_pbe0_scf(WATER, 0, conv_tol=1e-11)
+    mf = df_pbe0_scf(WATER, 0, **CONVERGED)
     grad = mf.nuc_grad_method()
     grad.verbose = 0
     dm = mf.make_rdm1()

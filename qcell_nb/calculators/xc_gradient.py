@@ -124,12 +124,12 @@ def _uks_full_response(ni, mol, grids, xc_code, xctype, dms):
     """The screened UKS term of :func:`uks_vxc_full_response` for an LDA/GGA ``xctype``."""
     mo_coeff, mo_occ = getattr(dms, "mo_coeff", None), getattr(dms, "mo_occ", None)
     tagged = mo_coeff is not None and mo_occ is not None
-    factors = [density_factors(np.asarray(dms[spin]), *((mo_coeff[spin], mo_occ[spin]) if tagged else ()))
+    spin_dms = [np.asarray(dms[spin]) for spin in range(2)]
+    factors = [density_factors(spin_dms[spin], *((mo_coeff[spin], mo_occ[spin]) if tagged else ()))
                for spin in range(2)]
     excsum = np.zeros((mol.natm, 3))
     rows = np.zeros((3, mol.nao))
     deriv = 1 if xctype == "LDA" else 2
-    spin_dms = [np.asarray(dms[spin]) for spin in range(2)]
     for atom, coords, weight, weight1, mask in _sorted_atom_grids(grids):
         for p0, p1, ao, significant in screened_blocks(ni, mol, coords, mask, deriv, grids.cutoff):
             spins = [density_on_block(ao, xctype, d, x, s, significant, with_products=True)
