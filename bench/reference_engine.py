@@ -283,10 +283,12 @@ def _ours_only_row(atoms: Atoms, basis: str, grid_level: int, load_before: float
            "cpu_default_pyscf_s": None, "cpu_ours_s": t_our.cpu, "speedup_cpu": None,
            "scf_iterations": result["scf_iterations"],
            "df_tensors_in_memory": result.get("df_tensors_in_memory"),
+           "df_pair_fraction": result.get("df_pair_fraction"),
            "max_memory_mb": result.get("max_memory_mb"),
            "load_average_1min": [load_before, os.getloadavg()[0]]}
     print(f"  {row['name']:8s} N={row['n_atoms']:4d}  default not run  ours {t_our.wall:7.1f} s "
-          f"(cpu {t_our.cpu:7.1f})  DF tensors {'in memory' if row['df_tensors_in_memory'] else 'on disk'}",
+          f"(cpu {t_our.cpu:7.1f})  DF tensors {'in memory' if row['df_tensors_in_memory'] else 'on disk'}"
+          f" ({100 * (row['df_pair_fraction'] or 1):.0f}% of the AO pairs)",
           flush=True)
     return row
 

@@ -23,7 +23,8 @@ point (same energy to ~1e-8 eV). PySCF's extra confirmation cycle after
 convergence (``conv_check``) is skipped on the fine grid: both criteria
 already hold at the last cycle. Every stage, rescues included, works on the
 same molecule and auxiliary basis and so reuses one set of density-fitting
-tensors, and integrates XC with :class:`~qcell_nb.calculators.screened_numint.ScreenedNumInt`
+tensors (those of the overlapping AO pairs only where the full set would not
+fit in memory: :mod:`qcell_nb.calculators.pair_screened_df`), and integrates XC with :class:`~qcell_nb.calculators.screened_numint.ScreenedNumInt`
 (PySCF's integrals, skipping the basis functions a block of grid points
 does not see); each stage starts from the density whose Coulomb and exchange
 matrices the last one has just built (they do not depend on the grid), and
@@ -42,6 +43,7 @@ from pyscf import dft, gto
 from qcell_nb.calculators.df_jk import install_symmetric_k
 from qcell_nb.calculators.grid_boxes import fast_box_order
 from qcell_nb.calculators.memory import memory_budget_mb
+from qcell_nb.calculators.pair_screened_df import PairScreenedDF
 from qcell_nb.calculators.screened_numint import ScreenedNumInt, release_ao_cache
 from qcell_nb.structures import OVERLAP_DISTANCE, closest_pair
 
@@ -194,6 +196,9 @@ def _make_scf(mol: gto.Mole, params: dict[str, Any], with_df=None):
     mf.max_cycle = params["max_cycle"]
     mf.verbose = params["verbose"]
     mf = mf.density_fit(auxbasis=params["auxbasis"])
+    if params.get("_device") != "gpu" and with_df is None:
+        # Same tensors, but only the AO pairs that overlap where the full ones would not fit (see pair_screened_df).
+        mf.with_df = PairScreenedDF(mol, auxbasis=mf.with_df.auxbasis)  # as density_fit resolved it
     if params.get("mm_charges") is not None:
         from qcell_nb.calculators.qmmm import embed_point_charges
 

@@ -1,0 +1,165 @@
+"""Density fitting that stores only the AO pairs that matter, so large fragments keep B in memory.
+
+PySCF's :class:`pyscf.df.DF` stores B = L^-1 (P|mn) for every AO pair m >= n
+(naux x nao(nao+1)/2 doubles) and, when that exceeds 90% of ``max_memory``,
+writes it to an HDF5 file that every SCF cycle and the gradient read again.
+At Gly14 (101 atoms, def2-SVP) B is 21.3 GB, and the label took 7,466 CPU-s
+from disk, about three times its in-memory N^2.8 trend. Yet in a fragment
+that size most pairs are of functions too far apart to overlap: only ~1/3
+have a Schwarz factor sqrt((mn|mn)) above 1e-10 (glycine chains, Gly10 to
+Gly21), and the Cholesky-fitted column of a pair is bounded by it:
+||B[:, mn]||_2 <= sqrt((mn|mn)) (the fitted self-repulsion of a pair never
+exceeds the exact one). A pair below :data:`PAIR_CUTOFF` is left out: its
+3-index integrals are not solved or stored.
+
+:class:`PairScreenedDF` is PySCF's DF with that storage. Its ``loop``
+yields the same (aux block, nao(nao+1)/2) rows, zero at the pairs left out,
+so every consumer (PySCF's J/K, :mod:`~qcell_nb.calculators.df_jk`, the DF
+gradient of :mod:`~qcell_nb.calculators.df_gradient`, the Kohn-Sham matrix
+export) reads it unchanged. It screens only where that decides whether B
+fits: with ``screen="auto"`` (the default), when the full tensor would not
+fit in memory and the screened one would; otherwise it is PySCF's DF as is
+(a full tensor in memory costs nothing to read; on disk, it is PySCF's file).
+``screen=True`` always screens (tests; memory to spare for the AO values),
+``False`` never.
+
+Shell pairs are screened by the largest Schwarz factor of their functions
+(PySCF's direct-SCF table, ``CVHFsetnr_direct_scf``), so a pair of shells is
+kept or dropped whole. Linearly dependent auxiliary sets (PySCF's
+eigen-decomposed metric) are left to PySCF.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+from pyscf import df, gto, lib
+from pyscf.df import addons
+from pyscf.df.outcore import _guess_shell_ranges
+from pyscf.scf import _vhf
+
+#: AO shell pairs whose Schwarz factor sqrt(max (mn|mn)) is below this are left out of B. Measured
+#: on glycine chains against the full tensor: see tests/test_pair_screened_df.py and the bench.
+PAIR_CUTOFF = 1e-10
+
+#: Share of ``max_memory`` (less what the process holds) a tensor kept in memory may take; PySCF's own.
+IN_MEMORY_FRACTION = 0.9
+
+
+def schwarz_factors(mol: gto.Mole) -> np.ndarray:
+    """sqrt(max |(mn|mn)|) over each pair of shells (nbas, nbas), from PySCF's direct-SCF table."""
+    opt = _vhf.VHFOpt(mol, "int2e", "CVHFnrs8_prescreen", "CVHFsetnr_direct_scf")
+    return np.array(opt.q_cond)
+
+
+def significant_pairs(mol: gto.Mole, cutoff: float = PAIR_CUTOFF) -> np.ndarray:
+    """Indices (into the m >= n packed pairs, ascending) of the AO pairs whose shell pair reaches ``cutoff``.
+
+    Raises
+    ------
+    ValueError
+        If ``cutoff`` is negative or not finite.
+    """
+    if not np.isfinite(cutoff) or cutoff < 0:
+        raise ValueError(f"pair cutoff={cutoff!r} must be a finite number >= 0")
+    shell_of_ao = np.repeat(np.arange(mol.nbas), np.diff(mol.ao_loc_nr()))
+    kept_shells = schwarz_factors(mol) >= cutoff
+    rows, cols = np.tril_indices(mol.nao)
+    return np.flatnonzero(kept_shells[shell_of_ao[rows], shell_of_ao[cols]])
+
+
+class PairScreenedDF(df.DF):
+    """PySCF's DF, storing B only for the AO pairs :func:`significant_pairs` keeps (see the module docs).
+
+    Attributes
+    ----------
+    screen : "auto", True or False
+        "auto": screen only when the full tensor would not fit in memory and the screened one would.
+    pair_cutoff : float
+        Schwarz factor below which a shell pair is left out (:data:`PAIR_CUTOFF`).
+    pairs : ndarray of int or None
+        After ``build``: the packed-pair indices B holds (its columns), or None for PySCF's full B.
+    """
+
+    screen: str | bool = "auto"
+    pair_cutoff: float = PAIR_CUTOFF
+    pairs: np.ndarray | None = None
+
+    def build(self):
+        if self.screen not in ("auto", True, False):
+            raise ValueError(f"screen={self.screen!r} must be 'auto', True or False")
+        self.pairs = None
+        if self.screen is False or (self._cderi is not None and self.auxmol is None) \
+                or isinstance(self._cderi_to_save, str):
+            return super().build()
+        mol = self.mol
+        auxmol = addons.make_auxmol(mol, self.auxbasis)
+        nao, naux = mol.nao_nr(), auxmol.nao_nr()
+        room_mb = IN_MEMORY_FRACTION * (self.max_memory - lib.current_memory()[0])
+        full_fits = naux * nao * (nao + 1) // 2 * 8 / 1e6 < room_mb
+        if self.screen == "auto" and full_fits:
+            return super().build()
+        pairs = significant_pairs(mol, self.pair_cutoff)
+        if pairs.size * naux * 8 / 1e6 >= room_mb and self.screen == "auto":
+            return super().build()  # not even the screened tensor fits: PySCF's file
+        try:
+            low = scipy.linalg.cholesky(auxmol.intor("int2c2e", hermi=1), lower=True)
+        except scipy.linalg.LinAlgError:  # linearly dependent: PySCF's eigen-decomposition
+            return super().build()
+        self.check_sanity()
+        self.auxmol = auxmol
+        self._cderi = _screened_cholesky_eri(mol, auxmol, low, pairs, room_mb)
+        self.pairs = pairs
+        return self
+
+    def reset(self, mol=None):
+        self.pairs = None
+        return super().reset(mol)
+
+    def loop(self, blksize=None):
+        """Rows of B (block of auxiliary functions, nao(nao+1)/2), zero at the pairs left out."""
+        if self._cderi is None:
+            self.build()
+        if self.pairs is None:
+            yield from super().loop(blksize)
+            return
+        nao = self.mol.nao_nr()
+        blksize = blksize or self.blockdim
+        for p0 in range(0, self._cderi.shape[0], blksize):
+            rows = self._cderi[p0:p0 + blksize]
+            full = np.zeros((len(rows), nao * (nao + 1) // 2))
+            full[:, self.pairs] = rows
+            yield full
+
+
+def _screened_cholesky_eri(mol: gto.Mole, auxmol: gto.Mole, low: np.ndarray, pairs: np.ndarray,
+                           room_mb: float) -> np.ndarray:
+    """B[:, pairs] = L^-1 (P|mn) for the packed pairs ``pairs`` (naux, len(pairs)), C order.
+
+    The 3-index integrals go in blocks of AO rows (m >= n packed pairs of consecutive shells of m),
+    as PySCF's :func:`pyscf.df.incore.cholesky_eri` computes them; each block's kept pairs are solved.
+    """
+    naux = auxmol.nao_nr()
+    cderi = np.empty((naux, len(pairs)))
+    # One block of integrals, its kept columns and their solve at a time: about 3 x rows x naux doubles.
+    buffer_words = max(room_mb * 1e6 / 8 - cderi.size, 0) / 3
+    rows_per_block = int(min(max(buffer_words / naux, 8), mol.nao_nr() * (mol.nao_nr() + 1) // 2))
+    atm, bas, env = gto.mole.conc_env(mol._atm, mol._bas, mol._env, auxmol._atm, auxmol._bas, auxmol._env)
+    int3c = gto.moleintor.ascint3(mol._add_suffix("int3c2e"))
+    cintopt = gto.moleintor.make_cintopt(atm, bas, env, int3c)
+    aux_shells = (mol.nbas, mol.nbas + auxmol.nbas)
+    ao_loc = mol.ao_loc_nr()
+    column = 0
+    for first_shell, end_shell, _ in _guess_shell_ranges(mol, rows_per_block, "s2ij"):
+        start = ao_loc[first_shell] * (ao_loc[first_shell] + 1) // 2
+        stop = ao_loc[end_shell] * (ao_loc[end_shell] + 1) // 2
+        lo, hi = np.searchsorted(pairs, [start, stop])
+        if hi == lo:
+            continue
+        ints = gto.moleintor.getints3c(int3c, atm, bas, env, (first_shell, end_shell, 0, mol.nbas, *aux_shells),
+                                       1, "s2ij", None, cintopt)
+        ints = ints.reshape(-1, naux)[pairs[lo:hi] - start]  # (kept pairs, naux)
+        cderi[:, column:column + hi - lo] = scipy.linalg.solve_triangular(
+            low, ints.T, lower=True, overwrite_b=True, check_finite=False)
+        column += hi - lo
+    return cderi
