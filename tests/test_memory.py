@@ -97,3 +97,46 @@ def test_label_keeps_where_the_tensors_lived(no_pyscf_override) -> None:
 
     result = label_structure(water(), max_memory_mb=1.0, mbd=None)
     assert result["max_memory_mb"] == 1.0 and result["df_tensors_in_memory"] is False
+
+
+def _heap_blocks(total_mb: float) -> list[np.ndarray]:
+    """Arrays small enough (40 kB) that glibc serves them from its heap, not from fresh mappings."""
+    return [np.ones(5000) for _ in range(int(total_mb * 1e6 / 40e3))]
+
+
+def test_released_memory_goes_back_to_the_system() -> None:
+    """Freed heap memory stays with the process until it is handed back (glibc keeps it)."""
+    before = memory.resident_mb()
+    blocks = _heap_blocks(400)
+    grown = memory.resident_mb()
+    assert grown - before > 300
+    del blocks
+    if not memory.release_freed_memory():
+        pytest.skip("no glibc malloc_trim here")
+    assert memory.resident_mb() < grown - 300
+
+
+def test_memory_is_returned_only_after_a_block_that_grew_the_process(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append(1))
+    kept = []
+    with memory.memory_returned(threshold_mb=1e6):
+        kept.append(_heap_blocks(100))
+    assert calls == []
+    with memory.memory_returned(threshold_mb=50):
+        kept.append(_heap_blocks(100))
+    assert calls == [1]
+    with pytest.raises(RuntimeError), memory.memory_returned(threshold_mb=50):  # also when the block fails
+        kept.append(_heap_blocks(100))
+        raise RuntimeError("label failed")
+    assert calls == [1, 1]
+
+
+def test_label_hands_its_memory_back_when_it_grew_the_process(monkeypatch) -> None:
+    from qcell_nb.calculators.pbe0 import label_structure
+
+    calls = []
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(memory, "RELEASE_THRESHOLD_MB", -1.0)  # any label counts as large
+    result = label_structure(water(), mbd=None)
+    assert calls == [1] and np.isfinite(result["energy"])

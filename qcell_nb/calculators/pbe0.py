@@ -94,7 +94,10 @@ would, only the latter are stored (:mod:`qcell_nb.calculators.pair_screened_df`;
 Gly14, 101 atoms, def2-SVP: 34% of the pairs, 7.2 instead of 21.3 GB; the
 same energy to ~1e-7 kcal/mol). ``results["df_tensors_in_memory"]`` says
 whether they stayed in memory, ``results["df_pair_fraction"]`` what share of
-the AO pairs they hold (1.0: all).
+the AO pairs they hold (1.0: all). After a label that grew the process by
+more than 500 MB, :func:`label_structure` hands the freed memory back to the
+system (glibc keeps it otherwise, and PySCF and Dask count it against the
+next label's room; see :func:`~qcell_nb.calculators.memory.memory_returned`).
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ from qcell_nb.calculators.df_gradient import fast_df_gradient
 from qcell_nb.calculators.grid_response import fast_grid_response
 from qcell_nb.calculators.hirshfeld import hirshfeld_analysis
 from qcell_nb.calculators.mbd import default_damping, mbd_energy_and_forces, mbd_nl_energy_and_forces_from_scf
+from qcell_nb.calculators.memory import memory_returned
 from qcell_nb.calculators.scf import (
     build_mole,
     check_structure,
@@ -443,9 +447,15 @@ def label_structure(atoms: Atoms, **calc_params: Any) -> dict[str, Any]:
     calc = PBE0MBD(**calc_params)
     atoms = atoms.copy()
     atoms.calc = calc
-    calc.calculate(atoms, ["energy", "forces"], all_changes)
-    r = calc.results
-    params = calc.resolved_parameters(len(atoms))
+    # After a large label, the memory of its SCF (tensors, grids), dropped with the calculator,
+    # goes back to the system, so that the next label in this process or Dask worker has it.
+    with memory_returned():
+        try:
+            calc.calculate(atoms, ["energy", "forces"], all_changes)
+            r = calc.results
+            params = calc.resolved_parameters(len(atoms))
+        finally:
+            calc.reset()
     result = {
         "energy": float(r["energy"]),
         "forces": np.asarray(r["forces"], dtype=np.float64),
