@@ -137,6 +137,6 @@ def test_label_hands_its_memory_back_when_it_grew_the_process(monkeypatch) -> No
 
     calls = []
     monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append(1))
-    monkeypatch.setattr(memory, "RELEASE_THRESHOLD_MB", -1.0)  # any label counts as large
+    monkeypatch.setattr(memory, "RELEASE_THRESHOLD_MB", -np.inf)  # any label counts as large
     result = label_structure(water(), mbd=None)
     assert calls == [1] and np.isfinite(result["energy"])

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import gc
 import math
 import os
@@ -147,12 +147,21 @@ def release_freed_memory() -> bool:
     (it pauses at 80%). Measured after that label: 1812 -> 403 MB.
     """
     gc.collect()  # the SCF's objects hold reference cycles (bound closures), so refcounts alone do not free them
-    libc_name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(libc_name).malloc_trim if libc_name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        trim = None
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
     return True
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from the symbols already in this process, or None (musl, macOS).
+
+    Not through ``ctypes.util.find_library``, which runs a subprocess: a fork of a process that
+    may hold many GB.
+    """
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
