@@ -83,6 +83,16 @@ Writes ``bench/results/reference_engine.json`` (``--output``) and prints tables.
     the fit over 10-101 atoms is N^3.0 (wall). Beyond ~90 atoms with def2-SVP, give the
     tensors memory (see :mod:`qcell_nb.calculators.memory`).
 
+    Since 12-07 (stop 24), tensors that do not fit keep only the AO pairs that overlap, if
+    those fit (:mod:`qcell_nb.calculators.pair_screened_df`; Schwarz factor >= 1e-10: 49% of
+    the pairs at Gly7, 35% at Gly10, 34% at Gly14, 29% at Gly21). Gly7 in three fresh
+    processes (one core, CPU-s): full tensors in memory 355.0; a 3,000 MB budget, screened in
+    memory 352.1; the same budget with PySCF's file 377.9 (a 2.85 GB file stays in the page
+    cache, so reading it again costs little there); screened against full dE 2.9e-7 kcal/mol,
+    dF 2.2e-7 kcal/mol/Å. Gly14 (34% of the pairs, 7.2 GB, in memory): 4073 s wall,
+    3873 CPU-s, while the test suite ran on the other core for ~15 min (12-07b, from PySCF's file: 5706 s wall,
+    7466 CPU-s).
+
     (dE kcal/mol, dF max kcal/mol/Å against the default SCF's forces with
     grid response; against its plain gradient 0.05-0.11, almost all the
     missing grid-response term.) The Xeon rows are from 2026-12-06 with two
