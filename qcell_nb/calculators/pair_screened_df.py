@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
-from pyscf import df, gto, lib
+from pyscf import df, gto
 from pyscf.df import addons
 from pyscf.df.outcore import _guess_shell_ranges
 from pyscf.scf import _vhf
+
+from qcell_nb.calculators.memory import resident_mb
 
 #: AO shell pairs whose Schwarz factor sqrt(max (mn|mn)) is below this are left out of B. Measured
 #: on glycine chains against the full tensor: see tests/test_pair_screened_df.py and the bench.
@@ -95,7 +97,7 @@ class PairScreenedDF(df.DF):
         mol = self.mol
         auxmol = addons.make_auxmol(mol, self.auxbasis)
         nao, naux = mol.nao_nr(), auxmol.nao_nr()
-        room_mb = IN_MEMORY_FRACTION * (self.max_memory - lib.current_memory()[0])
+        room_mb = IN_MEMORY_FRACTION * (self.max_memory - resident_mb())
         full_fits = naux * nao * (nao + 1) // 2 * 8 / 1e6 < room_mb
         if self.screen == "auto" and full_fits:
             return super().build()
@@ -111,6 +113,12 @@ class PairScreenedDF(df.DF):
         self._cderi = _screened_cholesky_eri(mol, auxmol, low, pairs, room_mb)
         self.pairs = pairs
         return self
+
+    @property
+    def pair_fraction(self) -> float:
+        """Share of the m >= n AO pairs B holds (1.0: PySCF's full tensor)."""
+        nao = self.mol.nao_nr()
+        return 1.0 if self.pairs is None else len(self.pairs) / (nao * (nao + 1) // 2)
 
     def reset(self, mol=None):
         self.pairs = None

@@ -401,9 +401,7 @@ class PBE0MBD(Calculator):
             # False: PySCF wrote the 3-index tensors to a temporary file, which every cycle reads
             # again (several times slower); a larger max_memory_mb keeps them in memory.
             self.results["df_tensors_in_memory"] = isinstance(getattr(mf.with_df, "_cderi", None), np.ndarray)
-            pairs = getattr(mf.with_df, "pairs", None)
-            nao = mf.mol.nao_nr()
-            self.results["df_pair_fraction"] = 1.0 if pairs is None else len(pairs) / (nao * (nao + 1) // 2)
+            self.results["df_pair_fraction"] = float(getattr(mf.with_df, "pair_fraction", 1.0))
 
     def _compute_forces(self) -> None:
         grad = self._mf.nuc_grad_method()
