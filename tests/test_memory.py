@@ -76,8 +76,8 @@ def water() -> Atoms:
 
 
 def test_budget_decides_where_the_df_tensors_live_not_the_label(no_pyscf_override) -> None:
-    """A budget too small for the 3-index tensors sends them to PySCF's file (and the gradient to
-    PySCF's file path); the label is the same to round-off."""
+    """A budget too small for the 3-index tensors sends them to a file (pair-screened, read by the
+    SCF and the gradient in blocks); the label is the same to round-off."""
     results = {}
     for budget in (None, 1.0):
         atoms = water()

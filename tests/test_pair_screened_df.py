@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+
+import h5py
 import numpy as np
 import pytest
 from ase import Atoms
@@ -68,7 +71,7 @@ def test_loop_gives_pyscf_rows_with_zeros_where_pairs_were_left_out(mol, full_cd
 
 def test_auto_screens_only_where_that_decides_whether_b_fits(mol, full_cderi, monkeypatch) -> None:
     """With nothing else held: room for the full tensor, PySCF's; room only for the screened one,
-    screened in memory; room for neither, PySCF's file."""
+    screened in memory; room for neither, screened in a file."""
     monkeypatch.setattr(lib, "current_memory", lambda: (0.0, 0.0))
     full_mb = full_cderi.size * 8 / 1e6
     kept_mb = len(significant_pairs(mol)) * full_cderi.shape[0] * 8 / 1e6
@@ -78,8 +81,30 @@ def test_auto_screens_only_where_that_decides_whether_b_fits(mol, full_cderi, mo
     fitted = screened(mol, "auto", tight)
     assert fitted.pairs is not None and isinstance(fitted._cderi, np.ndarray)
     on_disk = screened(mol, "auto", too_little)
-    assert on_disk.pairs is None and not isinstance(on_disk._cderi, np.ndarray)
-    assert screened(mol, False, tight).pairs is None  # never: PySCF's choice (here its file)
+    assert on_disk.pairs is not None and not isinstance(on_disk._cderi, np.ndarray)
+    never = screened(mol, False, tight)  # never screens: PySCF's choice, here its full file
+    assert never.pairs is None and not isinstance(never._cderi, np.ndarray)
+
+
+def test_screened_tensor_on_disk_gives_the_same_rows(mol, full_cderi) -> None:
+    """With no room in memory, B[:, pairs] goes to a file; its rows are those kept in memory."""
+    in_memory, on_disk = screened(mol, True), screened(mol, True, max_memory=1)
+    assert isinstance(in_memory._cderi, np.ndarray) and not isinstance(on_disk._cderi, np.ndarray)
+    np.testing.assert_array_equal(on_disk.pairs, in_memory.pairs)
+    with h5py.File(on_disk._cderi.name, "r") as stored:
+        assert stored[on_disk._dataname].shape == in_memory._cderi.shape
+    rows_disk = np.vstack(list(on_disk.loop(blksize=40)))
+    rows_memory = np.vstack(list(in_memory.loop(blksize=40)))
+    assert rows_disk.shape == full_cderi.shape
+    np.testing.assert_allclose(rows_disk, rows_memory, atol=1e-12)  # other integral blocks: round-off apart
+    assert on_disk.get_naoaux() == full_cderi.shape[0]
+
+
+def test_too_little_disk_is_a_named_error(mol, monkeypatch) -> None:
+    """A tensor larger than the temporary directory's free space fails before any integral."""
+    monkeypatch.setattr(psdf.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 1000))
+    with pytest.raises(OSError, match=r"needs .* GB in TMPDIR=.*0\.0 GB free"):
+        screened(mol, True, max_memory=1)
 
 
 def test_scf_energy_and_gradient_match_the_full_tensor(mol) -> None:
@@ -112,3 +137,8 @@ def test_label_reports_its_pair_fraction(monkeypatch) -> None:
     assert pair_screened["df_tensors_in_memory"] is True
     assert pair_screened["energy"] == pytest.approx(full["energy"], abs=1e-8)
     np.testing.assert_allclose(pair_screened["forces"], full["forces"], atol=1e-7)
+    # No room in memory: the screened tensor is read from its file by the SCF and the gradient.
+    from_disk = label_structure(atoms, basis="def2-svp", grid_level=1, mbd=None, max_memory_mb=1)
+    assert from_disk["df_tensors_in_memory"] is False and from_disk["df_pair_fraction"] == pair_screened["df_pair_fraction"]
+    assert from_disk["energy"] == pytest.approx(full["energy"], abs=1e-8)
+    np.testing.assert_allclose(from_disk["forces"], full["forces"], atol=1e-7)

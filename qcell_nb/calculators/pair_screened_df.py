@@ -16,12 +16,20 @@ exceeds the exact one). A pair below :data:`PAIR_CUTOFF` is left out: its
 yields the same (aux block, nao(nao+1)/2) rows, zero at the pairs left out,
 so every consumer (PySCF's J/K, :mod:`~qcell_nb.calculators.df_jk`, the DF
 gradient of :mod:`~qcell_nb.calculators.df_gradient`, the Kohn-Sham matrix
-export) reads it unchanged. It screens only where that decides whether B
-fits: with ``screen="auto"`` (the default), when the full tensor would not
-fit in memory and the screened one would; otherwise it is PySCF's DF as is
-(a full tensor in memory costs nothing to read; on disk, it is PySCF's file).
-``screen=True`` always screens (tests; memory to spare for the AO values),
-``False`` never.
+export) reads it unchanged. With ``screen="auto"`` (the default) it screens
+whenever the full tensor would not fit in memory: the screened one is then
+kept in memory if it fits, and otherwise written to an HDF5 file in PySCF's
+temporary directory (``lib.param.TMPDIR``), which ``loop`` reads in blocks,
+the next block read while the last one is used. A full tensor that fits in
+memory is PySCF's own (it costs nothing to read). ``screen=True`` always
+screens (tests; memory to spare for the AO values), ``False`` never (PySCF's
+DF as is, its full file when B does not fit).
+
+Why screen on disk too: at Gly21 (150 atoms, def2-SVP) the full file would be
+70 GB, the screened one 20.7 GB, and every SCF cycle and the gradient read it
+once. Before a file is written, the free space there is checked: too little
+is an ``OSError`` that names the directory, the size needed and the space
+free, not a full disk part-way through the integrals.
 
 Shell pairs are screened by the largest Schwarz factor of their functions
 (PySCF's direct-SCF table, ``CVHFsetnr_direct_scf``), so a pair of shells is
@@ -31,9 +39,12 @@ eigen-decomposed metric) are left to PySCF.
 
 from __future__ import annotations
 
+import shutil
+
+import h5py
 import numpy as np
 import scipy.linalg
-from pyscf import df, gto
+from pyscf import df, gto, lib
 from pyscf.df import addons
 from pyscf.df.outcore import _guess_shell_ranges
 from pyscf.scf import _vhf
@@ -76,11 +87,14 @@ class PairScreenedDF(df.DF):
     Attributes
     ----------
     screen : "auto", True or False
-        "auto": screen only when the full tensor would not fit in memory and the screened one would.
+        "auto": screen when the full tensor would not fit in memory (the screened one is kept in
+        memory if it fits, else in a file).
     pair_cutoff : float
         Schwarz factor below which a shell pair is left out (:data:`PAIR_CUTOFF`).
     pairs : ndarray of int or None
         After ``build``: the packed-pair indices B holds (its columns), or None for PySCF's full B.
+    ``_cderi`` is then B[:, pairs] (naux, len(pairs)): an array, or the temporary HDF5 file holding
+    it as dataset ``_dataname`` (PySCF's convention for a tensor on disk).
     """
 
     screen: str | bool = "auto"
@@ -102,17 +116,39 @@ class PairScreenedDF(df.DF):
         if self.screen == "auto" and full_fits:
             return super().build()
         pairs = significant_pairs(mol, self.pair_cutoff)
-        if pairs.size * naux * 8 / 1e6 >= room_mb and self.screen == "auto":
-            return super().build()  # not even the screened tensor fits: PySCF's file
         try:
             low = scipy.linalg.cholesky(auxmol.intor("int2c2e", hermi=1), lower=True)
         except scipy.linalg.LinAlgError:  # linearly dependent: PySCF's eigen-decomposition
             return super().build()
         self.check_sanity()
         self.auxmol = auxmol
-        self._cderi = _screened_cholesky_eri(mol, auxmol, low, pairs, room_mb)
+        screened_mb = pairs.size * naux * 8 / 1e6
+        if screened_mb < room_mb:
+            cderi = np.empty((naux, pairs.size))
+            _screened_cholesky_eri(mol, auxmol, low, pairs, cderi, room_mb - screened_mb)
+            self._cderi = cderi
+        else:
+            self._cderi = self._write_screened(mol, auxmol, low, pairs, room_mb)
         self.pairs = pairs
         return self
+
+    def _write_screened(self, mol: gto.Mole, auxmol: gto.Mole, low: np.ndarray, pairs: np.ndarray,
+                        buffer_mb: float):
+        """B[:, pairs] in a new temporary HDF5 file (dataset ``_dataname``); the file object."""
+        if self._cderi_to_save is None:
+            self._cderi_to_save = lib.NamedTemporaryFile(dir=lib.param.TMPDIR)
+        path = self._cderi_to_save.name
+        shape = (auxmol.nao_nr(), pairs.size)
+        need_gb = shape[0] * shape[1] * 8 / 1e9
+        free_gb = shutil.disk_usage(lib.param.TMPDIR).free / 1e9
+        if need_gb > 0.95 * free_gb:
+            raise OSError(f"density fitting: the pair-screened tensor B ({shape[0]} x {shape[1]}) needs "
+                          f"{need_gb:.1f} GB in TMPDIR={lib.param.TMPDIR}, which has {free_gb:.1f} GB free "
+                          "(set PYSCF_TMPDIR to a larger disk, or give the label more memory)")
+        with h5py.File(path, "w") as stored:
+            _screened_cholesky_eri(mol, auxmol, low, pairs, stored.create_dataset(self._dataname, shape, "f8"),
+                                   buffer_mb)
+        return self._cderi_to_save
 
     @property
     def pair_fraction(self) -> float:
@@ -133,24 +169,30 @@ class PairScreenedDF(df.DF):
             return
         nao = self.mol.nao_nr()
         blksize = blksize or self.blockdim
-        for p0 in range(0, self._cderi.shape[0], blksize):
-            rows = self._cderi[p0:p0 + blksize]
-            full = np.zeros((len(rows), nao * (nao + 1) // 2))
-            full[:, self.pairs] = rows
-            yield full
+        with addons.load(self._cderi, self._dataname) as stored:
+            blocks = self.prange(0, stored.shape[0], blksize)
+            if isinstance(stored, np.ndarray):
+                kept_rows = (stored[p0:p1] for p0, p1 in blocks)
+            else:  # the file: the next block is read while this one is used
+                kept_rows = lib.map_with_prefetch(lambda rows: np.asarray(stored[rows[0]:rows[1]]), blocks)
+            for rows in kept_rows:
+                full = np.zeros((len(rows), nao * (nao + 1) // 2))
+                full[:, self.pairs] = rows
+                yield full
 
 
-def _screened_cholesky_eri(mol: gto.Mole, auxmol: gto.Mole, low: np.ndarray, pairs: np.ndarray,
-                           room_mb: float) -> np.ndarray:
-    """B[:, pairs] = L^-1 (P|mn) for the packed pairs ``pairs`` (naux, len(pairs)), C order.
+def _screened_cholesky_eri(mol: gto.Mole, auxmol: gto.Mole, low: np.ndarray, pairs: np.ndarray, out,
+                           buffer_mb: float) -> None:
+    """Write B[:, pairs] = L^-1 (P|mn) for the packed pairs ``pairs`` into ``out`` (naux, len(pairs)).
 
-    The 3-index integrals go in blocks of AO rows (m >= n packed pairs of consecutive shells of m),
-    as PySCF's :func:`pyscf.df.incore.cholesky_eri` computes them; each block's kept pairs are solved.
+    ``out``: an array or an HDF5 dataset (written one block of columns at a time). The 3-index
+    integrals go in blocks of AO rows (m >= n packed pairs of consecutive shells of m), as PySCF's
+    :func:`pyscf.df.incore.cholesky_eri` computes them, sized to ``buffer_mb``; each block's kept
+    pairs are solved.
     """
     naux = auxmol.nao_nr()
-    cderi = np.empty((naux, len(pairs)))
     # One block of integrals, its kept columns and their solve at a time: about 3 x rows x naux doubles.
-    buffer_words = max(room_mb * 1e6 / 8 - cderi.size, 0) / 3
+    buffer_words = max(buffer_mb * 1e6 / 8, 0) / 3
     rows_per_block = int(min(max(buffer_words / naux, 8), mol.nao_nr() * (mol.nao_nr() + 1) // 2))
     atm, bas, env = gto.mole.conc_env(mol._atm, mol._bas, mol._env, auxmol._atm, auxmol._bas, auxmol._env)
     int3c = gto.moleintor.ascint3(mol._add_suffix("int3c2e"))
@@ -167,7 +209,6 @@ def _screened_cholesky_eri(mol: gto.Mole, auxmol: gto.Mole, low: np.ndarray, pai
         ints = gto.moleintor.getints3c(int3c, atm, bas, env, (first_shell, end_shell, 0, mol.nbas, *aux_shells),
                                        1, "s2ij", None, cintopt)
         ints = ints.reshape(-1, naux)[pairs[lo:hi] - start]  # (kept pairs, naux)
-        cderi[:, column:column + hi - lo] = scipy.linalg.solve_triangular(
+        out[:, column:column + hi - lo] = scipy.linalg.solve_triangular(
             low, ints.T, lower=True, overwrite_b=True, check_finite=False)
         column += hi - lo
-    return cderi

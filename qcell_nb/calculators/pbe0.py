@@ -92,7 +92,9 @@ disk from ~35 atoms (see :mod:`qcell_nb.calculators.memory`).
 Where the full tensors would not fit but those of the AO pairs that overlap
 would, only the latter are stored (:mod:`qcell_nb.calculators.pair_screened_df`;
 Gly14, 101 atoms, def2-SVP: 34% of the pairs, 7.2 instead of 21.3 GB; the
-same energy to ~1e-7 kcal/mol). ``results["df_tensors_in_memory"]`` says
+same energy to ~1e-7 kcal/mol); where not even those fit, they go to a file
+in PySCF's temporary directory, a third of the size of PySCF's own at that
+size. ``results["df_tensors_in_memory"]`` says
 whether they stayed in memory, ``results["df_pair_fraction"]`` what share of
 the AO pairs they hold (1.0: all). After a label that grew the process by
 more than 500 MB, :func:`label_structure` hands the freed memory back to the
@@ -398,8 +400,8 @@ class PBE0MBD(Calculator):
         if p["kohn_sham_matrices"]:
             self.results["kohn_sham"] = kohn_sham_matrices(mf)
         if p["_device"] != "gpu":
-            # False: PySCF wrote the 3-index tensors to a temporary file, which every cycle reads
-            # again (several times slower); a larger max_memory_mb keeps them in memory.
+            # False: the 3-index tensors went to a temporary file, which every cycle reads again
+            # (slower); a larger max_memory_mb keeps them in memory.
             self.results["df_tensors_in_memory"] = isinstance(getattr(mf.with_df, "_cderi", None), np.ndarray)
             self.results["df_pair_fraction"] = float(getattr(mf.with_df, "pair_fraction", 1.0))
 
