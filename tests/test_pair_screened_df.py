@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -91,13 +95,29 @@ def test_screened_tensor_on_disk_gives_the_same_rows(mol, full_cderi) -> None:
     in_memory, on_disk = screened(mol, True), screened(mol, True, max_memory=1)
     assert isinstance(in_memory._cderi, np.ndarray) and not isinstance(on_disk._cderi, np.ndarray)
     np.testing.assert_array_equal(on_disk.pairs, in_memory.pairs)
-    with h5py.File(on_disk._cderi.name, "r") as stored:
-        assert stored[on_disk._dataname].shape == in_memory._cderi.shape
+    assert isinstance(on_disk._cderi, h5py.Dataset) and on_disk._cderi.shape == in_memory._cderi.shape
     rows_disk = np.vstack(list(on_disk.loop(blksize=40)))
     rows_memory = np.vstack(list(in_memory.loop(blksize=40)))
     assert rows_disk.shape == full_cderi.shape
     np.testing.assert_allclose(rows_disk, rows_memory, atol=1e-12)  # other integral blocks: round-off apart
     assert on_disk.get_naoaux() == full_cderi.shape[0]
+
+
+def test_a_killed_process_leaves_no_tensor_file(tmp_path) -> None:
+    """The screened file is unlinked while open: SIGKILL (a lost Dask worker) leaves TMPDIR empty."""
+    script = (f"from pyscf import gto\n"
+              f"from qcell_nb.calculators.pair_screened_df import PairScreenedDF\n"
+              f"mol = gto.M(atom={TWO_WATERS!r}, basis='def2-svp', verbose=0)\n"
+              f"with_df = PairScreenedDF(mol, auxbasis={AUXBASIS!r})\n"
+              f"with_df.screen, with_df.max_memory = True, 1\n"
+              f"with_df.build()\n"
+              f"assert with_df._cderi.shape[1] == len(with_df.pairs)\n"
+              f"print('built', flush=True)\n"
+              f"os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", "import os, signal\n" + script], capture_output=True, text=True,
+                          env={**os.environ, "PYSCF_TMPDIR": str(tmp_path)}, timeout=120)
+    assert "built" in done.stdout and done.returncode == -signal.SIGKILL, done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_too_little_disk_is_a_named_error(mol, monkeypatch) -> None:

@@ -20,7 +20,9 @@ export) reads it unchanged. With ``screen="auto"`` (the default) it screens
 whenever the full tensor would not fit in memory: the screened one is then
 kept in memory if it fits, and otherwise written to an HDF5 file in PySCF's
 temporary directory (``lib.param.TMPDIR``), which ``loop`` reads in blocks,
-the next block read while the last one is used. A full tensor that fits in
+the next block read while the last one is used. The file is unlinked as soon
+as it is open, so its space returns to the disk when the DF object goes, or
+when the process is killed. A full tensor that fits in
 memory is PySCF's own (it costs nothing to read). ``screen=True`` always
 screens (tests; memory to spare for the AO values), ``False`` never (PySCF's
 DF as is, its full file when B does not fit).
@@ -46,7 +48,9 @@ eigen-decomposed metric) are left to PySCF.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 
 import h5py
 import numpy as np
@@ -100,13 +104,14 @@ class PairScreenedDF(df.DF):
         Schwarz factor below which a shell pair is left out (:data:`PAIR_CUTOFF`).
     pairs : ndarray of int or None
         After ``build``: the packed-pair indices B holds (its columns), or None for PySCF's full B.
-    ``_cderi`` is then B[:, pairs] (naux, len(pairs)): an array, or the temporary HDF5 file holding
-    it as dataset ``_dataname`` (PySCF's convention for a tensor on disk).
+    ``_cderi`` is then B[:, pairs] (naux, len(pairs)): an array, or a dataset of an HDF5 file
+    that is open and already unlinked from TMPDIR (PySCF reads either).
     """
 
     screen: str | bool = "auto"
     pair_cutoff: float = PAIR_CUTOFF
     pairs: np.ndarray | None = None
+    _screened_file: h5py.File | None = None
 
     def build(self):
         if self.screen not in ("auto", True, False):
@@ -140,11 +145,8 @@ class PairScreenedDF(df.DF):
         return self
 
     def _write_screened(self, mol: gto.Mole, auxmol: gto.Mole, low: np.ndarray, pairs: np.ndarray,
-                        buffer_mb: float):
-        """B[:, pairs] in a new temporary HDF5 file (dataset ``_dataname``); the file object."""
-        if self._cderi_to_save is None:
-            self._cderi_to_save = lib.NamedTemporaryFile(dir=lib.param.TMPDIR)
-        path = self._cderi_to_save.name
+                        buffer_mb: float) -> h5py.Dataset:
+        """B[:, pairs] in a new HDF5 file in TMPDIR, open and already unlinked; its dataset."""
         shape = (auxmol.nao_nr(), pairs.size)
         need_gb = shape[0] * shape[1] * 8 / 1e9
         free_gb = shutil.disk_usage(lib.param.TMPDIR).free / 1e9
@@ -152,10 +154,17 @@ class PairScreenedDF(df.DF):
             raise OSError(f"density fitting: the pair-screened tensor B ({shape[0]} x {shape[1]}) needs "
                           f"{need_gb:.1f} GB in TMPDIR={lib.param.TMPDIR}, which has {free_gb:.1f} GB free "
                           "(set PYSCF_TMPDIR to a larger disk, or give the label more memory)")
-        with h5py.File(path, "w") as stored:
-            _screened_cholesky_eri(mol, auxmol, low, pairs, stored.create_dataset(self._dataname, shape, "f8"),
-                                   buffer_mb)
-        return self._cderi_to_save
+        handle, path = tempfile.mkstemp(prefix="qcell_df_", suffix=".h5", dir=lib.param.TMPDIR)
+        os.close(handle)
+        stored = h5py.File(path, "w")
+        # Unlinked while open: the disk space comes back when the file is closed (this object
+        # collected), and also when the process is killed, so a lost Dask worker or a timed-out
+        # label leaves no tens-of-GB file behind in TMPDIR (PySCF's named file would stay).
+        os.unlink(path)
+        dataset = stored.create_dataset(self._dataname, shape, "f8")
+        _screened_cholesky_eri(mol, auxmol, low, pairs, dataset, buffer_mb)
+        self._screened_file = stored
+        return dataset
 
     @property
     def pair_fraction(self) -> float:
@@ -165,6 +174,9 @@ class PairScreenedDF(df.DF):
 
     def reset(self, mol=None):
         self.pairs = None
+        if self._screened_file is not None:
+            self._screened_file.close()
+            self._screened_file = None
         return super().reset(mol)
 
     def loop(self, blksize=None):
