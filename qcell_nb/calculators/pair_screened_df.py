@@ -156,11 +156,13 @@ class PairScreenedDF(df.DF):
                           "(set PYSCF_TMPDIR to a larger disk, or give the label more memory)")
         handle, path = tempfile.mkstemp(prefix="qcell_df_", suffix=".h5", dir=lib.param.TMPDIR)
         os.close(handle)
-        stored = h5py.File(path, "w")
         # Unlinked while open: the disk space comes back when the file is closed (this object
         # collected), and also when the process is killed, so a lost Dask worker or a timed-out
         # label leaves no tens-of-GB file behind in TMPDIR (PySCF's named file would stay).
-        os.unlink(path)
+        try:
+            stored = h5py.File(path, "w")
+        finally:
+            os.unlink(path)
         dataset = stored.create_dataset(self._dataname, shape, "f8")
         _screened_cholesky_eri(mol, auxmol, low, pairs, dataset, buffer_mb)
         self._screened_file = stored
