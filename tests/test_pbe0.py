@@ -155,6 +155,23 @@ def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch, gr
     np.testing.assert_allclose(staged["hirsh_ratios"], plain["hirsh_ratios"], atol=1e-6)
 
 
+def test_large_basis_starts_on_the_requested_grid(monkeypatch) -> None:
+    # Above PRE_CONVERGENCE_MAX_NAO basis functions exchange dominates a cycle: no coarse stages
+    # (the grid levels the SCF objects were made with say so), the same converged label.
+    params = dict(basis="sto-3g", mbd=None, grid_level=3, conv_tol=1e-10, conv_tol_grad=1e-6)
+    levels = []
+    make = scf._make_scf
+    monkeypatch.setattr(scf, "_make_scf", lambda mol, p, **kw: levels.append(p["grid_level"]) or make(mol, p, **kw))
+    staged = label_structure(water(), **params)
+    assert levels == [0, 1, 3]
+    levels.clear()
+    monkeypatch.setattr(scf, "PRE_CONVERGENCE_MAX_NAO", 6)  # water/STO-3G has 7 functions
+    direct = label_structure(water(), **params)
+    assert levels == [3]
+    assert abs(direct["energy"] - staged["energy"]) < 1e-6
+    np.testing.assert_allclose(direct["forces"], staged["forces"], atol=2e-5)
+
+
 def test_label_structure_is_plain_and_picklable() -> None:
     atoms = water("water-label")
     atoms.info["charge"] = 0

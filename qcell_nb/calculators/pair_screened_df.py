@@ -38,7 +38,8 @@ screened file (2.8 GB) 1094 CPU-s, PySCF's full file (8.0 GB) 1144 CPU-s
 (the in-memory label took 1135 in an earlier run), dE 6e-7 kcal/mol and
 max dF 3e-7 kcal/mol/Å between the two. The gain is where the full file
 would not stay in the cache: Gly14's 21.3 GB beside a 16 GB budget took
-7466 CPU-s, against 3873 with its 7.2 GB screened in memory.
+7466 CPU-s, against 3873 with its 7.2 GB screened in memory, and 4022 from
+the 7.2 GB screened file with a 5.6 GB budget (what an 8 GB Dask worker gets).
 
 Shell pairs are screened by the largest Schwarz factor of their functions
 (PySCF's direct-SCF table, ``CVHFsetnr_direct_scf``), so a pair of shells is

@@ -283,6 +283,8 @@ class PBE0MBD(Calculator):
         Converge first on this coarse grid and the next (default 0, each used
         when ``grid_level`` exceeds it by 2 or more; CPU only; see
         :data:`~qcell_nb.calculators.scf.PRE_CONVERGENCE`), then on ``grid_level``; None: full grid from the start.
+        Molecules of more than :data:`~qcell_nb.calculators.scf.PRE_CONVERGENCE_MAX_NAO` basis
+        functions start on ``grid_level`` whatever this says (exchange dominates their cycles).
     mbd : {"rsscs", "nl", "ts", None}
         Dispersion model (default ``"rsscs"``); ``"nl"`` is MBD-NL with VV polarisabilities
         of the SCF density (see :mod:`qcell_nb.calculators.mbd`).

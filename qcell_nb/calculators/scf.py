@@ -19,7 +19,10 @@ PySCF's level 0 to 1e-4 Ha, then level 1 to 1e-7 Ha, from ``pre_grid_level``
 up and only below ``grid_level - 1``), then on the requested grid from that
 density. XC integration dominates a cycle at these sizes, and the fine grid
 then needs 4-5 instead of 12-13 cycles. The result is the fine-grid fixed
-point (same energy to ~1e-8 eV). PySCF's extra confirmation cycle after
+point (same energy to ~1e-8 eV). Molecules of more than
+:data:`PRE_CONVERGENCE_MAX_NAO` basis functions (~50 atoms with def2-SVP)
+start on the requested grid: there exchange dominates a cycle, and the fewest
+cycles in all win. PySCF's extra confirmation cycle after
 convergence (``conv_check``) is skipped on the fine grid: both criteria
 already hold at the last cycle. Every stage, rescues included, works on the
 same molecule and auxiliary basis and so reuses one set of density-fitting
@@ -53,6 +56,15 @@ from qcell_nb.structures import OVERLAP_DISTANCE, closest_pair
 #: time (the level-0 fixed point is far enough from the fine one, orbital gradient 1.6e-2, that
 #: DIIS restarts from it slowly; level 1's, 3e-4, is close). Grid 4 (Gly2): 15% less.
 PRE_CONVERGENCE: tuple[tuple[int, float], ...] = ((0, 1e-4), (1, 1e-7))
+
+#: Above this many basis functions the SCF starts on the requested grid. A coarse cycle saves
+#: XC work but costs a full exchange build, which grows faster (N^3-N^4 against ~N for the
+#: screened XC): the staged path takes more cycles in all (Gly10: 19 against 13). Measured on
+#: glycine chains, def2-SVP, grid 3, one core, both paths in one process (CPU-s, staged / direct,
+#: cycles): Gly5 (379 functions) 140.9 / 154.2 (17 / 13); Gly7 (521) 362.6 / 355.4 (17 / 13);
+#: Gly10 (734) 1027.4 / 965.9 (19 / 13). Measured on grid 3 only: on the tight preset's grid 4 XC
+#: weighs more and the crossover is likely higher (not measured).
+PRE_CONVERGENCE_MAX_NAO = 500
 
 
 def gpu_status() -> tuple[bool, str]:
@@ -233,7 +245,7 @@ def _pre_converge(mol: gto.Mole, params: dict[str, Any]):
     density-fitting tensors.
     """
     start = params.get("pre_grid_level")
-    if start is None or params.get("_device") == "gpu":
+    if start is None or params.get("_device") == "gpu" or mol.nao_nr() > PRE_CONVERGENCE_MAX_NAO:
         return None, None, 0
     stages = [(start + offset, tol) for offset, tol in PRE_CONVERGENCE if start + offset <= params["grid_level"] - 2]
     dm, with_df, cycles = None, None, 0
