@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -122,7 +122,7 @@ def test_a_killed_process_leaves_no_tensor_file(tmp_path) -> None:
 
 def test_too_little_disk_is_a_named_error(mol, monkeypatch) -> None:
     """A tensor larger than the temporary directory's free space fails before any integral."""
-    monkeypatch.setattr(psdf.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 1000))
+    monkeypatch.setattr(psdf.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=10**12, free=1000))
     with pytest.raises(OSError, match=r"needs .* GB in TMPDIR=.*0\.0 GB free"):
         screened(mol, True, max_memory=1)
 

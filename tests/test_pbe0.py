@@ -120,6 +120,14 @@ def test_water_properties_and_single_scf(monkeypatch) -> None:
     assert len(calls) == 2
 
 
+def record_grid_levels(monkeypatch) -> list[int]:
+    """The grid level of every SCF object the label makes, in order (a list filled as they are made)."""
+    levels: list[int] = []
+    make = scf._make_scf
+    monkeypatch.setattr(scf, "_make_scf", lambda mol, p, **kw: levels.append(p["grid_level"]) or make(mol, p, **kw))
+    return levels
+
+
 @pytest.mark.parametrize("grid_level", [2, 3])  # coarse stages: level 0; levels 0 and 1
 def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch, grid_level: int) -> None:
     # The coarse-grid pre-convergence only changes the starting density: energy
@@ -128,9 +136,7 @@ def test_coarse_grid_preconvergence_reaches_the_same_fixed_point(monkeypatch, gr
     # coarse stage's density-fitting object instead of building its own.
     params = dict(basis="sto-3g", mbd=None, grid_level=grid_level, conv_tol=1e-10, conv_tol_grad=1e-6)
     coarse_dfs, final_dfs = [], []
-    levels = []
-    make = scf._make_scf
-    monkeypatch.setattr(scf, "_make_scf", lambda mol, p, **kw: levels.append(p["grid_level"]) or make(mol, p, **kw))
+    levels = record_grid_levels(monkeypatch)
     pre, run = scf._pre_converge, scf.run_scf
 
     def spy_pre(mol, p):
@@ -159,9 +165,7 @@ def test_large_basis_starts_on_the_requested_grid(monkeypatch) -> None:
     # Above PRE_CONVERGENCE_MAX_NAO basis functions exchange dominates a cycle: no coarse stages
     # (the grid levels the SCF objects were made with say so), the same converged label.
     params = dict(basis="sto-3g", mbd=None, grid_level=3, conv_tol=1e-10, conv_tol_grad=1e-6)
-    levels = []
-    make = scf._make_scf
-    monkeypatch.setattr(scf, "_make_scf", lambda mol, p, **kw: levels.append(p["grid_level"]) or make(mol, p, **kw))
+    levels = record_grid_levels(monkeypatch)
     staged = label_structure(water(), **params)
     assert levels == [0, 1, 3]
     levels.clear()
